@@ -1,0 +1,1 @@
+"""blip2-ray: BLIP-2 models, losses and training machinery."""
