@@ -1,0 +1,160 @@
+"""Stage 2: the Q-Former's query outputs become soft visual prompts for a frozen LLM.
+
+Decoder-only (OPT-style): [projected queries; caption] with the LM loss on caption tokens only.
+Encoder-decoder (Flan-T5-style): prefix LM, encoder gets [projected queries; caption prefix], the decoder
+predicts the suffix (split at a random word in [1, len/2], as the BLIP-2 author describes in LAVIS #139).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+from pipeline.models.loading import resolve
+from pipeline.models.qformer import QFormer, QFormerConfig
+from pipeline.models.vision import DTYPES, VisionConfig, build_vision
+
+VQA_PROMPTS = {"decoder": "Question: {} Answer:", "encoder_decoder": "Question: {} Short answer:"}
+
+
+@dataclass
+class LLMConfig:
+    name_or_path: str = "facebook/opt-2.7b"
+    dtype: str = "fp16"  # frozen LLM dtype: fp32 | fp16 | bf16 (reference: fp16 OPT, bf16 Flan-T5)
+
+
+@dataclass
+class Stage2ModelConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    qformer: QFormerConfig = field(default_factory=lambda: QFormerConfig(bert_init=None))
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    prompt: str = ""  # pre-training uses no prompt (reference)
+    max_txt_len: int = 32
+
+
+class Blip2Stage2(nn.Module):
+    def __init__(self, cfg: Stage2ModelConfig, vision: nn.Module | None = None, llm: nn.Module | None = None,
+                 llm_tokenizer=None):
+        super().__init__()
+        self.cfg = cfg
+        self.vision = vision if vision is not None else build_vision(cfg.vision)
+        self.qformer = QFormer(cfg.qformer, self.vision.width, vocab_size=2, text=False)  # text branch dropped
+        path = resolve(cfg.llm.name_or_path)
+        self.tokenizer = llm_tokenizer or AutoTokenizer.from_pretrained(path)
+        if llm is None:
+            llm_cfg = AutoConfig.from_pretrained(path)
+            cls = AutoModelForSeq2SeqLM if llm_cfg.is_encoder_decoder else AutoModelForCausalLM
+            llm = cls.from_pretrained(path)
+        self.encoder_decoder = bool(llm.config.is_encoder_decoder)
+        self.llm = llm.to(DTYPES[cfg.llm.dtype]).eval()
+        for p in self.llm.parameters():
+            p.requires_grad_(False)
+        self.language_projection = nn.Linear(cfg.qformer.hidden_size, self.llm.config.hidden_size
+                                             if hasattr(self.llm.config, "hidden_size") else self.llm.config.d_model)
+        self.newline_id = None
+        if not self.encoder_decoder:
+            ids = self.tokenizer("\n", add_special_tokens=False).input_ids
+            self.newline_id = ids[0] if len(ids) == 1 else None
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.llm.eval()  # frozen
+        self.vision.train(mode)
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "encoder_decoder" if self.encoder_decoder else "decoder"
+
+    def load_stage1(self, state: dict[str, torch.Tensor]) -> list[str]:
+        """Load a stage-1 state dict; its text-only parts (embeddings, text FFN, LM/ITC/ITM heads) are dropped."""
+        own = self.state_dict()
+        keep = {k: v for k, v in state.items() if k in own and (k.startswith("qformer.") or k.startswith("vision.ln"))}
+        missing = [k for k in own if (k.startswith("qformer.") or k.startswith("vision.ln")) and k not in keep]
+        if missing:
+            raise KeyError(f"stage-1 state lacks {missing[:5]} (is it a stage-1 checkpoint of the same size?)")
+        self.load_state_dict(keep, strict=False)
+        return sorted(set(state) - set(keep))
+
+    def soft_prompts(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        image_embeds = self.vision(pixel_values)
+        return self.language_projection(self.qformer.encode_queries(image_embeds))
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.llm.get_input_embeddings()(ids)
+
+    # --- text processing (reference: blip2_opt.py / blip2_t5.py) ---
+    def tokenize(self, texts: list[str], rng: random.Random | None = None, device=None) -> dict[str, torch.Tensor]:
+        tok, n = self.tokenizer, self.cfg.max_txt_len
+        if not self.encoder_decoder:
+            t = tok([x + "\n" for x in texts], padding="longest", truncation=True, max_length=n, return_tensors="pt")
+            labels = t.input_ids.masked_fill(t.attention_mask == 0, -100)
+            if self.cfg.prompt:
+                prompt_len = len(tok(self.cfg.prompt).input_ids)  # counts the BOS, as the reference does
+                labels[:, :prompt_len] = -100
+            return {k: v.to(device) for k, v in
+                    {"input_ids": t.input_ids, "attention_mask": t.attention_mask, "labels": labels}.items()}
+        rng = rng or random.Random(0)
+        prefixes, suffixes = [], []
+        for x in texts:
+            words = x.split()
+            k = rng.randint(1, max(1, len(words) // 2)) if len(words) > 1 else 0
+            prefixes.append(self.cfg.prompt + " ".join(words[:k]))
+            suffixes.append(" ".join(words[k:]))
+        p = tok(prefixes, padding="longest", truncation=True, max_length=n, return_tensors="pt")
+        s = tok(suffixes, padding="longest", truncation=True, max_length=n, return_tensors="pt")
+        return {k: v.to(device) for k, v in {
+            "input_ids": p.input_ids, "attention_mask": p.attention_mask,
+            "labels": s.input_ids.masked_fill(s.attention_mask == 0, -100),
+            "decoder_attention_mask": s.attention_mask}.items()}
+
+    def forward(self, pixel_values, input_ids, attention_mask, labels, decoder_attention_mask=None) -> dict:
+        dtype = next(self.llm.parameters()).dtype
+        soft = self.soft_prompts(pixel_values).to(dtype)
+        b, q = soft.shape[:2]
+        embeds = torch.cat([soft, self._embed(input_ids)], 1)
+        mask = torch.cat([torch.ones(b, q, dtype=attention_mask.dtype, device=soft.device), attention_mask], 1)
+        if self.encoder_decoder:
+            logits = self.llm(inputs_embeds=embeds, attention_mask=mask, labels=labels,
+                              decoder_attention_mask=decoder_attention_mask).logits
+            return {"logits": logits, "labels": labels, "shift": False}
+        logits = self.llm(inputs_embeds=embeds, attention_mask=mask).logits
+        full = torch.cat([torch.full((b, q), -100, dtype=labels.dtype, device=labels.device), labels], 1)
+        return {"logits": logits, "labels": full, "shift": True}
+
+    @torch.no_grad()
+    def generate(self, pixel_values, prompt: str | list[str] = "", num_beams: int = 5, max_new_tokens: int = 30,
+                 min_new_tokens: int = 1, do_sample: bool = False, top_p: float = 0.9, length_penalty: float = 1.0,
+                 num_return_sequences: int = 1) -> list[str]:
+        """Captioning (empty prompt) or zero-shot VQA (``VQA_PROMPTS[self.kind].format(question)``)."""
+        b = pixel_values.shape[0]
+        prompts = [prompt] * b if isinstance(prompt, str) else list(prompt)
+        dtype = next(self.llm.parameters()).dtype
+        soft = self.soft_prompts(pixel_values).to(dtype)
+        side = self.tokenizer.padding_side
+        self.tokenizer.padding_side = "left" if not self.encoder_decoder else "right"
+        t = self.tokenizer(prompts, padding="longest", return_tensors="pt").to(soft.device)
+        self.tokenizer.padding_side = side
+        ones = torch.ones(soft.shape[:2], dtype=t.attention_mask.dtype, device=soft.device)
+        if self.encoder_decoder:
+            embeds = torch.cat([soft, self._embed(t.input_ids)], 1)
+            mask = torch.cat([ones, t.attention_mask], 1)
+        else:  # left padding: padding goes in front of the soft prompts so generation continues right after the text
+            pad = (t.attention_mask == 0).sum(1)
+            embeds = torch.cat([soft, self._embed(t.input_ids)], 1)
+            mask = torch.cat([ones, t.attention_mask], 1)
+            if pad.any():
+                order = torch.argsort(mask, dim=1, stable=True)  # zeros (padding) first, order kept otherwise
+                embeds = embeds.gather(1, order[..., None].expand_as(embeds))
+                mask = mask.gather(1, order)
+        eos = [self.tokenizer.eos_token_id] + ([self.newline_id] if self.newline_id is not None else [])
+        sampling = {"do_sample": True, "top_p": top_p} if do_sample else {"do_sample": False}
+        out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask, num_beams=num_beams, **sampling,
+                                max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens,
+                                eos_token_id=eos, pad_token_id=self.tokenizer.pad_token_id,
+                                length_penalty=length_penalty, num_return_sequences=num_return_sequences)
+        return [s.strip() for s in self.tokenizer.batch_decode(out, skip_special_tokens=True)]

@@ -1,0 +1,120 @@
+"""Tiny, locally built stand-ins for hub models: tokenizers trained with ``tokenizers`` and random-init
+transformers models, each saved with ``save_pretrained`` so that everything loads through the real
+``from_pretrained`` path. Used by the tests, the ``tiny`` presets and the demo (which then pretrains them).
+"""
+
+from __future__ import annotations
+
+import os
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import (
+    BertConfig, BertForMaskedLM, Blip2VisionConfig, Blip2VisionModel, OPTConfig, OPTForCausalLM,
+    PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration,
+)
+
+from dataprep.synthetic import COLOURS, NUMBERS, POSITION_PHRASES, SHAPE_SYNONYMS, SIZE_SYNONYMS
+
+EXTRA_ROWS = 8  # LLM embeddings get spare rows (like OPT-2.7B's 50272 vs 50265) so <image> fits on export
+
+
+def corpus() -> list[str]:
+    """Every word the synthetic captions, questions and prompts use, in sentence form."""
+    words = [*COLOURS, *[w for v in SHAPE_SYNONYMS.values() for w in v], *[w for v in SIZE_SYNONYMS.values() for w in v],
+             *POSITION_PHRASES.values(), *NUMBERS.values(), "white", "gray", "black", "yes", "no"]
+    lines = [" ".join(words),
+             "a picture of a photo there is on the background and with what color is shape object how many objects "
+             "are there is there a", "question: answer: short answer:", "lorem ipsum buy now click here free "
+             "shipping img jpg dsc photo best price sale www com download 0123456789"]
+    return lines * 4
+
+
+def train_bert_tokenizer(out: str, texts: list[str] | None = None, vocab_size: int = 400):
+    from transformers import BertTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(texts or corpus(), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                             sep_token="[SEP]", mask_token="[MASK]")
+    fast.save_pretrained(out)
+    return fast
+
+
+def train_llm_tokenizer(out: str, kind: str = "opt", texts: list[str] | None = None, vocab_size: int = 400):
+    """OPT-style (byte-level BPE, ``</s>`` prepended as BOS) or T5-style (``</s>`` appended) tokenizer."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    if kind == "opt":
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        specials = ["<s>", "<pad>", "</s>", "<unk>"]
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(texts or corpus(), trainer)
+        bos = tok.token_to_id("</s>")
+        tok.post_processor = processors.TemplateProcessing(single="</s> $A", pair="</s> $A </s> $B",
+                                                           special_tokens=[("</s>", bos)])
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="</s>", eos_token="</s>", pad_token="<pad>",
+                                       unk_token="<unk>")
+    elif kind == "t5":
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        specials = ["<pad>", "</s>", "<unk>"]
+        tok.train_from_iterator(texts or corpus(), trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials))
+        eos = tok.token_to_id("</s>")
+        tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                           special_tokens=[("</s>", eos)])
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    else:
+        raise ValueError(f"tokenizer kind {kind!r}: expected 'opt' or 't5'")
+    fast.save_pretrained(out)
+    return fast
+
+
+def save_tiny_bert(out: str, tokenizer, hidden: int = 32, layers: int = 2, heads: int = 2, ffn: int = 64):
+    cfg = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                     intermediate_size=ffn, max_position_embeddings=64, pad_token_id=tokenizer.pad_token_id)
+    BertForMaskedLM(cfg).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def save_tiny_vision(out: str, image_size: int = 32, patch: int = 8, hidden: int = 32, layers: int = 3, heads: int = 2):
+    cfg = Blip2VisionConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                            num_attention_heads=heads, image_size=image_size, patch_size=patch, initializer_range=0.02)
+    Blip2VisionModel(cfg).save_pretrained(out)
+
+
+def save_tiny_llm(out: str, kind: str, hidden: int = 32, layers: int = 2, heads: int = 2, max_positions: int = 128):
+    tok = train_llm_tokenizer(out, kind)
+    vocab = len(tok) + EXTRA_ROWS
+    if kind == "opt":
+        cfg = OPTConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, ffn_dim=2 * hidden,
+                        num_attention_heads=heads, max_position_embeddings=max_positions, word_embed_proj_dim=hidden,
+                        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                        dropout=0.0, attention_dropout=0.0)
+        OPTForCausalLM(cfg).save_pretrained(out)
+    else:
+        cfg = T5Config(vocab_size=vocab, d_model=hidden, d_kv=hidden // heads, d_ff=2 * hidden, num_layers=layers,
+                       num_decoder_layers=layers, num_heads=heads, feed_forward_proj="gated-gelu", dropout_rate=0.0,
+                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.pad_token_id,
+                       tie_word_embeddings=False)
+        T5ForConditionalGeneration(cfg).save_pretrained(out)
+    return tok
+
+
+def build_tiny_zoo(root: str, image_size: int = 32) -> dict[str, str]:
+    """Write a tiny BERT (+ tokenizer), vision tower, OPT and T5 under ``root``; return their paths."""
+    paths = {k: os.path.join(root, k) for k in ("bert", "vision", "opt", "t5")}
+    if not all(os.path.exists(os.path.join(p, "config.json")) for p in paths.values()):
+        tok = train_bert_tokenizer(paths["bert"])
+        save_tiny_bert(paths["bert"], tok)
+        save_tiny_vision(paths["vision"], image_size=image_size)
+        save_tiny_llm(paths["opt"], "opt")
+        save_tiny_llm(paths["t5"], "t5")
+    return paths

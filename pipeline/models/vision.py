@@ -1,0 +1,87 @@
+"""The frozen image encoder (+ the trainable ``ln_vision`` LayerNorm on top of it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, Blip2VisionConfig, Blip2VisionModel, CLIPVisionModel
+
+from pipeline.models.loading import resolve
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class VisionConfig:
+    name_or_path: str = "Salesforce/blip2-opt-2.7b"  # Blip2VisionModel / CLIPVisionModel / ViT-like folder or hub id
+    # Reference: use the second-to-last block (EVA-CLIP-g 40->39, CLIP-L 24->23). The released BLIP-2 vision towers
+    # (Salesforce/blip2-*) already have 39 blocks, so this is True only for a full EVA/CLIP tower.
+    drop_last_layer: bool = False
+    dtype: str = "fp16"  # frozen-encoder compute dtype: fp32 | fp16 | bf16
+    ln_vision: bool = True  # trainable LayerNorm on the patch features
+
+
+def _layers(model: nn.Module) -> tuple[nn.Module, str]:
+    enc = model.encoder
+    for name in ("layers", "layer"):
+        if isinstance(getattr(enc, name, None), nn.ModuleList):
+            return enc, name
+    raise ValueError(f"{type(model).__name__}: cannot find the encoder's block list to drop the last block")
+
+
+def load_vision_tower(name_or_path: str) -> nn.Module:
+    """Load a vision tower that returns patch features as ``last_hidden_state``."""
+    path = resolve(name_or_path)
+    cfg = AutoConfig.from_pretrained(path)
+    if cfg.model_type == "blip-2":  # a whole Blip2 checkpoint: take its vision model
+        from transformers import Blip2Model
+
+        return Blip2Model.from_pretrained(path).vision_model
+    if cfg.model_type == "clip":
+        return CLIPVisionModel.from_pretrained(path)
+    if cfg.model_type == "blip_2_vision_model":
+        return Blip2VisionModel.from_pretrained(path)
+    return AutoModel.from_pretrained(path)
+
+
+class FrozenVisionEncoder(nn.Module):
+    """Frozen ViT (``requires_grad=False``, always in eval mode, run under ``no_grad``) + trainable ln_vision."""
+
+    def __init__(self, tower: nn.Module, cfg: VisionConfig):
+        super().__init__()
+        if cfg.drop_last_layer:
+            enc, name = _layers(tower)
+            setattr(enc, name, getattr(enc, name)[:-1])
+            tower.config.num_hidden_layers -= 1
+        # Features are the last block's output without a final norm (reference: no norm in forward_features).
+        for attr in ("post_layernorm", "layernorm"):
+            if isinstance(getattr(tower, attr, None), nn.LayerNorm):
+                setattr(tower, attr, nn.Identity())
+        self.dtype = DTYPES[cfg.dtype]
+        self.tower = tower.to(self.dtype).eval()
+        for p in self.tower.parameters():
+            p.requires_grad_(False)
+        width = tower.config.hidden_size
+        # Deviation: for a Blip2VisionModel tower ln_vision uses the tower's layer_norm_eps (1e-6), not 1e-5, so
+        # that it maps exactly onto transformers' vision_model.post_layernorm on export.
+        eps = tower.config.layer_norm_eps if isinstance(tower.config, Blip2VisionConfig) else 1e-5
+        self.ln_vision = nn.LayerNorm(width, eps=eps) if cfg.ln_vision else nn.Identity()
+        self.width = width
+        self.image_size = tower.config.image_size
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.tower.eval()  # the frozen tower never enters train mode (dropout/drop-path stay off)
+        return self
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            feats = self.tower(pixel_values=pixel_values.to(self.dtype)).last_hidden_state
+        # ln_vision computes in fp32 (reference LayerNorm subclass); the Q-Former runs in fp32 too.
+        return self.ln_vision(feats.float())
+
+
+def build_vision(cfg: VisionConfig) -> FrozenVisionEncoder:
+    return FrozenVisionEncoder(load_vision_tower(cfg.name_or_path), cfg)
