@@ -62,3 +62,22 @@ def s3_bucket(moto_server):
     name = f"test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1").create_bucket(Bucket=name)
     yield f"s3://{name}", StorageConfig(endpoint_url=moto_server, region="us-east-1")
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory):
+    """Tiny BERT/vision/OPT/T5 models + tokenizers, saved and reloaded through from_pretrained."""
+    from pipeline.models.tiny import build_tiny_zoo
+
+    return build_tiny_zoo(str(tmp_path_factory.mktemp("zoo")))
+
+
+@pytest.fixture(scope="session")
+def synthetic_batch():
+    """32 distinct synthetic 32-px image/caption pairs as (pixel_values [32, 3, 32, 32], captions)."""
+    from dataprep.synthetic import SyntheticConfig, make_sample
+    from pipeline.images import to_pixel_values
+
+    cfg = SyntheticConfig(image_size=32, max_objects=1)
+    samples = [make_sample(cfg, "train", i) for i in range(32)]
+    return to_pixel_values([s["jpg"] for s in samples], 32), [s["txt"] for s in samples]

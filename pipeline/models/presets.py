@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import torch
 from transformers import (
-    AutoModelForCausalLM, AutoModelForSeq2SeqLM, Blip2VisionConfig, Blip2VisionModel, CLIPVisionConfig,
-    CLIPVisionModel, OPTConfig, T5Config,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    Blip2VisionConfig,
+    Blip2VisionModel,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    OPTConfig,
+    T5Config,
 )
 
 from pipeline.models.qformer import QFormer, QFormerConfig
@@ -84,3 +90,28 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def tiny_qformer(zoo: dict[str, str], **overrides) -> QFormerConfig:
+    """The ``tiny`` Q-Former over the tiny zoo (:func:`pipeline.models.tiny.build_tiny_zoo`)."""
+    base = dict(tokenizer=zoo["bert"], bert_init=zoo["bert"], num_query_tokens=8, hidden_size=32, num_layers=2,
+                num_heads=2, intermediate_size=64, embed_dim=16, max_txt_len=16, max_position_embeddings=64,
+                dropout=0.1)
+    return QFormerConfig(**{**base, **overrides})
+
+
+def tiny_stage1(zoo: dict[str, str], **overrides):
+    from pipeline.models.stage1 import Stage1ModelConfig
+    from pipeline.models.vision import VisionConfig
+
+    return Stage1ModelConfig(vision=VisionConfig(name_or_path=zoo["vision"], dtype="fp32"),
+                             qformer=tiny_qformer(zoo, **overrides))
+
+
+def tiny_stage2(zoo: dict[str, str], llm: str = "opt", **overrides):
+    from pipeline.models.stage2 import LLMConfig, Stage2ModelConfig
+    from pipeline.models.vision import VisionConfig
+
+    return Stage2ModelConfig(vision=VisionConfig(name_or_path=zoo["vision"], dtype="fp32"),
+                             qformer=tiny_qformer(zoo, bert_init=None, **overrides),
+                             llm=LLMConfig(name_or_path=zoo[llm], dtype="fp32"), max_txt_len=16)

@@ -9,8 +9,15 @@ import os
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
-    BertConfig, BertForMaskedLM, Blip2VisionConfig, Blip2VisionModel, OPTConfig, OPTForCausalLM,
-    PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration,
+    BertConfig,
+    BertForMaskedLM,
+    Blip2VisionConfig,
+    Blip2VisionModel,
+    OPTConfig,
+    OPTForCausalLM,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
 )
 
 from dataprep.synthetic import COLOURS, NUMBERS, POSITION_PHRASES, SHAPE_SYNONYMS, SIZE_SYNONYMS
