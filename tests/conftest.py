@@ -78,6 +78,6 @@ def synthetic_batch():
     from dataprep.synthetic import SyntheticConfig, make_sample
     from pipeline.images import to_pixel_values
 
-    cfg = SyntheticConfig(image_size=32, max_objects=1)
+    cfg = SyntheticConfig(image_size=32)
     samples = [make_sample(cfg, "train", i) for i in range(32)]
     return to_pixel_values([s["jpg"] for s in samples], 32), [s["txt"] for s in samples]

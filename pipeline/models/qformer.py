@@ -128,6 +128,9 @@ class QFormer(nn.Module):
             if src not in bert or dst not in own:
                 return
             w = bert[src]
+            if own[dst].shape[1:] != w.shape[1:]:
+                raise ValueError(f"BERT init {name_or_path!r}: {src} has shape {tuple(w.shape)}, the Q-Former's {dst} "
+                                 f"{tuple(own[dst].shape)}; the qformer sizes must match the BERT checkpoint")
             if own[dst].shape != w.shape:  # word embeddings / LM bias gain the [DEC] row; keep its fresh init
                 n = min(w.shape[0], own[dst].shape[0])
                 own[dst][:n].copy_(w[:n])

@@ -115,8 +115,11 @@ def save_tiny_llm(out: str, kind: str, hidden: int = 32, layers: int = 2, heads:
     return tok
 
 
-def build_tiny_zoo(root: str, image_size: int = 32) -> dict[str, str]:
+def build_tiny_zoo(root: str, image_size: int = 32, seed: int = 0) -> dict[str, str]:
     """Write a tiny BERT (+ tokenizer), vision tower, OPT and T5 under ``root``; return their paths."""
+    import torch
+
+    torch.manual_seed(seed)  # same seed, same random weights
     paths = {k: os.path.join(root, k) for k in ("bert", "vision", "opt", "t5")}
     if not all(os.path.exists(os.path.join(p, "config.json")) for p in paths.values()):
         tok = train_bert_tokenizer(paths["bert"])
@@ -125,3 +128,49 @@ def build_tiny_zoo(root: str, image_size: int = 32) -> dict[str, str]:
         save_tiny_llm(paths["opt"], "opt")
         save_tiny_llm(paths["t5"], "t5")
     return paths
+
+
+def pretrain_llm(path: str, texts: list[str], out: str, steps: int = 300, lr: float = 3e-3, batch: int = 16,
+                 seq_len: int = 48, seed: int = 0) -> float:
+    """Pretrain a tiny LLM on caption text and save it (``save_pretrained``) for frozen use in stage 2.
+
+    Decoder-only: captions ("\\n"-terminated) packed into ``seq_len``-token sequences, so the position
+    embeddings are trained beyond one caption's length (stage 2 puts 32 soft tokens in front of the text).
+    Encoder-decoder: prefix -> suffix at a random word split, as stage 2 uses it. Returns the last loss.
+    """
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    tok = AutoTokenizer.from_pretrained(path)
+    cfg_model = AutoModelForSeq2SeqLM if "t5" in open(os.path.join(path, "config.json")).read() else None
+    model = (cfg_model or AutoModelForCausalLM).from_pretrained(path).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    loss = torch.tensor(0.0)
+    for _ in range(steps):
+        if cfg_model is None:
+            stream: list[int] = []
+            while len(stream) < batch * seq_len:
+                stream += tok(rng.choice(texts) + "\n").input_ids
+            ids = torch.tensor(stream[: batch * seq_len]).view(batch, seq_len)
+            loss = model(input_ids=ids, labels=ids).loss
+        else:
+            pre, suf = [], []
+            for t in rng.choices(texts, k=batch):
+                w = t.split()
+                k = rng.randint(1, max(1, len(w) // 2)) if len(w) > 1 else 0
+                pre.append(" ".join(w[:k]))
+                suf.append(" ".join(w[k:]))
+            p = tok(pre, padding=True, return_tensors="pt")
+            s = tok(suf, padding=True, return_tensors="pt")
+            labels = s.input_ids.masked_fill(s.attention_mask == 0, -100)
+            loss = model(input_ids=p.input_ids, attention_mask=p.attention_mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return float(loss)
