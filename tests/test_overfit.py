@@ -56,6 +56,6 @@ def test_stage2_overfits_32_pairs_both_llm_kinds(tiny_zoo, synthetic_batch, tmp_
         torch.manual_seed(0)
         m = Blip2Stage2(tiny_stage2(zoo, llm, dropout=0.0)).train()
         t = m.tokenize(caps)  # fixed prefix split for T5, so the target is memorisable
-        first, last = _fit(m, lambda i: stage2_losses(m(x, **t)), steps=600, lr=3e-3, cosine=False)
+        first, last = _fit(m, lambda i, m=m, t=t: stage2_losses(m(x, **t)), steps=600, lr=3e-3, cosine=False)
         print(llm, "first", first, "last", last)
         assert last["lm_loss"] <= 0.2 * first["lm_loss"], (llm, first, last)
