@@ -173,4 +173,4 @@ def pretrain_llm(path: str, texts: list[str], out: str, steps: int = 300, lr: fl
         opt.step()
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    return float(loss)
+    return float(loss.detach())
