@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(a.seed)
     rng = random.Random(a.seed)
     os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "config.yaml"), "w") as f:  # the resolved settings, next to the outputs
+        f.write("".join(f"{k}: {v}\n" for k, v in sorted(vars(a).items())))
     size = 32
 
     print("[1/5] synthetic data", flush=True)

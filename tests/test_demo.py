@@ -14,3 +14,4 @@ def test_short_demo_runs_every_built_stage(tmp_path):
     assert set(saved["stage1_last"]) == {"itc_loss", "itm_loss", "itg_loss", "loss"}
     assert os.path.exists(os.path.join(out, "hf_model", "config.json"))
     assert os.path.exists(os.path.join(out, "hf_retrieval", "config.json"))
+    assert "steps: 3" in open(os.path.join(out, "config.yaml")).read()

@@ -143,3 +143,36 @@ def test_paper_preset_parameter_counts():
     for (vision, llm), paper in PAPER_STAGE2_TRAINABLE_M.items():
         got = stage2_counts(vision, llm)["trainable"] / 1e6
         assert abs(got - paper) / paper < 0.02, (vision, llm, got)
+
+
+def test_clip_vision_tower_with_last_block_dropped(tiny_zoo, synthetic_batch, tmp_path):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from pipeline.models.vision import VisionConfig
+
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                                     image_size=32, patch_size=8)).save_pretrained(tmp_path / "clip")
+    cfg = tiny_stage1(tiny_zoo)
+    cfg.vision = VisionConfig(name_or_path=str(tmp_path / "clip"), drop_last_layer=True, dtype="fp32")
+    m = Blip2Stage1(cfg)
+    from pipeline.models.vision import _layers
+
+    enc, name = _layers(m.vision.tower)
+    assert len(getattr(enc, name)) == 2 and m.vision.tower.config.num_hidden_layers == 2
+    assert m.vision.ln_vision.eps == 1e-5
+    x, caps = synthetic_batch
+    losses = stage1_losses(m(x[:4], **m.tokenize(caps[:4])))
+    assert torch.isfinite(losses["loss"])
+    assert m.vision(x[:4]).shape == (4, 17, 32)  # 16 patches + CLS
+
+
+def test_stage2_nucleus_sampling_and_vqa_prompt(tiny_zoo, synthetic_batch):
+    from pipeline.models.stage2 import VQA_PROMPTS
+
+    torch.manual_seed(0)
+    m = Blip2Stage2(tiny_stage2(tiny_zoo, "opt")).eval()
+    x = synthetic_batch[0][:2]
+    a = m.generate(x, num_beams=1, do_sample=True, top_p=0.9, max_new_tokens=6, num_return_sequences=3)
+    assert len(a) == 6
+    q = [VQA_PROMPTS[m.kind].format("what color is the circle?")] * 2
+    assert len(m.generate(x, prompt=q, num_beams=3, max_new_tokens=4)) == 2
