@@ -1,0 +1,72 @@
+"""Config schema of ``jobs/dataprep.py``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.config import StorageConfig
+
+
+@dataclass
+class SourceConfig:
+    format: str = "auto"  # auto | webdataset | parquet (auto: by file extension)
+    image_column: str = "jpg"  # Parquet columns
+    caption_column: str = "caption"
+    key_column: str = "key"
+
+
+@dataclass
+class ValidateConfig:
+    max_image_pixels: int = 89_478_485  # Pillow's decompression-bomb limit, set explicitly
+    min_size: int = 64  # shorter side, pixels (filtered below)
+    max_aspect_ratio: float = 3.0  # long side / short side (filtered above)
+    resize_shorter_side: int = 384  # re-encode at this shorter side (never upscaled)
+    jpeg_quality: int = 90
+    max_words: int = 50  # reference blip_caption max_words
+    batch_size: int = 64
+
+
+@dataclass
+class CaptionerConfig:
+    enabled: bool = True
+    model: str = ""  # hub id, local dir or s3:// of an image-to-text transformers model
+    num_captions: int = 10  # K
+    top_p: float = 0.9
+    max_length: int = 30
+    prompt: str = ""
+    batch_size: int = 16
+    num_actors: int = 1
+    num_gpus: float = 0.0  # per actor
+    seed: int = 0
+
+
+@dataclass
+class FilterConfig:
+    enabled: bool = True
+    model: str = ""  # CLIPModel, Blip2ForImageTextRetrieval or BlipForImageTextRetrieval folder/hub id/s3://
+    mode: str = "topk"  # topk: keep the top_k captions by similarity | itm: drop what the ITM head calls unmatched
+    top_k: int = 2
+    min_similarity: float | None = None  # topk mode: also drop captions below this similarity
+    itm_threshold: float = 0.5  # itm mode: keep captions with p(match) >= this
+    batch_size: int = 16
+    num_actors: int = 1
+    num_gpus: float = 0.0
+
+
+@dataclass
+class CapFiltConfig:
+    enabled: bool = False
+    captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+
+
+@dataclass
+class DataprepConfig:
+    input: str = "???"  # directory, glob or file list of shards: local or s3://
+    output: str = "???"
+    source: SourceConfig = field(default_factory=SourceConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    capfilt: CapFiltConfig = field(default_factory=CapFiltConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    ray_address: str | None = None  # None: connect to RAY_ADDRESS or start a local Ray
+    progress_interval_s: float = 10.0

@@ -1,0 +1,104 @@
+"""The data-prep pipeline on Ray Data: shards -> decode/validate -> [captioner] -> [filter] -> Parquet.
+
+CPU decoding runs as Ray tasks; the captioner and the filter run as actor pools (size, GPUs per actor and
+batch size from the config), so model stages scale on GPU nodes while decoding scales on CPU nodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import pandas as pd
+import ray
+
+from dataprep.capfilt import Captioner, CaptionFilter
+from dataprep.config import DataprepConfig
+from dataprep.sink import ShardSink, finished_shards, summarize
+from dataprep.sources import list_shards, read_shard, shard_name
+from dataprep.validate import validate
+from pipeline import storage
+from pipeline.config import save_config
+
+
+def _read(row: dict, source_cfg, storage_cfg) -> list[dict]:
+    storage.set_default(storage_cfg)  # this worker's S3 endpoint (credentials come from its environment)
+    recs = read_shard(row["shard"], source_cfg)
+    for r in recs:  # the sink knows a shard is complete once it has seen this many of its records
+        r["shard_records"] = len(recs)
+    return recs
+
+
+def _validate_batch(df: pd.DataFrame, cfg) -> pd.DataFrame:
+    return pd.DataFrame([{**validate(r, cfg), "shard_records": r["shard_records"]} for r in df.to_dict("records")])
+
+
+def build_dataset(cfg: DataprepConfig, shards: list[str]) -> ray.data.Dataset:
+    ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=max(1, len(shards)))
+    ds = ds.flat_map(_read, fn_kwargs={"source_cfg": cfg.source, "storage_cfg": cfg.storage})
+    ds = ds.map_batches(_validate_batch, fn_kwargs={"cfg": cfg.validate}, batch_format="pandas",
+                        batch_size=cfg.validate.batch_size)
+    cf = cfg.capfilt
+    if cf.enabled and cf.captioner.enabled:
+        c = cf.captioner
+        ds = ds.map_batches(Captioner, fn_constructor_kwargs={"cfg": dataclasses.asdict(c)}, batch_format="pandas",
+                            batch_size=c.batch_size, compute=ray.data.ActorPoolStrategy(size=c.num_actors),
+                            num_gpus=c.num_gpus)
+    if cf.enabled and cf.filter.enabled:
+        f = cf.filter
+        ds = ds.map_batches(CaptionFilter, fn_constructor_kwargs={"cfg": dataclasses.asdict(f)}, batch_format="pandas",
+                            batch_size=f.batch_size, compute=ray.data.ActorPoolStrategy(size=f.num_actors),
+                            num_gpus=f.num_gpus)
+    return ds
+
+
+def _finish_row(r: dict) -> dict:
+    syn = list(r.get("synthetic_captions") if r.get("synthetic_captions") is not None else [])
+    r["synthetic_captions"] = [str(x) for x in syn]
+    if "kept_captions" not in r or r["kept_captions"] is None:  # no filter: every caption is kept
+        r["kept_captions"] = [r["web_caption"], *syn] if r["status"] == "ok" else []
+        r["candidate_scores"], r["web_caption_kept"] = [], r["status"] == "ok"
+    r["kept_captions"] = [str(x) for x in r["kept_captions"]]
+    r["candidate_scores"] = [float(x) for x in r["candidate_scores"]]
+    return r
+
+
+def run(cfg: DataprepConfig) -> dict:
+    storage.set_default(cfg.storage)
+    t0 = time.time()
+    shards = list_shards(cfg.input, cfg.source)
+    names = {s: shard_name(s) for s in shards}
+    if len(set(names.values())) != len(names):
+        raise ValueError(f"input {cfg.input!r}: two shards share a file name; output names must be unique")
+    save_config(cfg, storage.join(cfg.output, "config.yaml"))
+    done = finished_shards(cfg.output)
+    todo = [s for s in shards if s not in done]
+    print(f"dataprep: {len(shards)} shards, {len(done)} already done, {len(todo)} to do", flush=True)
+    sink_stats: list[dict] = []
+    if todo:
+        ds = build_dataset(cfg, todo)
+        sink = ShardSink(cfg.output, {}, names)
+        n, last = 0, time.time()
+        for batch in ds.iter_batches(batch_format="pandas", batch_size=256):
+            for r in batch.to_dict("records"):
+                r = _finish_row(r)
+                if r["source_shard"] not in sink.expected:
+                    sink.expected[r["source_shard"]] = int(r["shard_records"])
+                sink.add(r)
+                n += 1
+            if time.time() - last > cfg.progress_interval_s:
+                last = time.time()
+                print(f"dataprep: {n} records ({n / (last - t0):.1f}/s), {len(sink.done)}/{len(todo)} shards written",
+                      flush=True)
+        sink_stats = sink.done
+        if sink.rows:
+            raise RuntimeError(f"dataprep: shards {list(sink.rows)[:3]} ended incomplete")
+    summary = summarize(list(finished_shards(cfg.output).values()))
+    summary["wall_seconds"] = round(time.time() - t0, 2)
+    summary["shards_this_run"] = len(sink_stats)
+    summary["records_per_second"] = round(sum(s["read"] for s in sink_stats) / max(summary["wall_seconds"], 1e-9), 1)
+    assert summary["read"] == summary["kept"] + summary["filtered"] + summary["rejected"]
+    storage.write_text(storage.join(cfg.output, "_summary.json"), json.dumps(summary, indent=2))
+    print("dataprep summary: " + json.dumps(summary), flush=True)
+    return summary
