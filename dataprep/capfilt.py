@@ -98,7 +98,8 @@ class CaptionFilter:
     @torch.no_grad()
     def scores(self, images: list[Image.Image], pair_image: list[int], texts: list[str]) -> np.ndarray:
         """Similarity (topk mode) or p(match) (itm mode) of each (image[pair_image[k]], texts[k]) pair."""
-        pix = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device)
+        image_processor = getattr(self.processor, "image_processor", self.processor)
+        pix = image_processor(images=images, return_tensors="pt")["pixel_values"].to(self.device)
         t = self._text(texts)
         idx = torch.tensor(pair_image, device=self.device)
         m = self.model

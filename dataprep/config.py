@@ -37,6 +37,7 @@ class CaptionerConfig:
     batch_size: int = 16
     num_actors: int = 1
     num_gpus: float = 0.0  # per actor
+    num_cpus: float = 1.0  # per actor; leave CPUs for decoding (on a 2-core box, 0.5)
     seed: int = 0
 
 
@@ -51,6 +52,7 @@ class FilterConfig:
     batch_size: int = 16
     num_actors: int = 1
     num_gpus: float = 0.0
+    num_cpus: float = 1.0
 
 
 @dataclass

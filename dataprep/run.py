@@ -6,12 +6,12 @@ batch size from the config), so model stages scale on GPU nodes while decoding s
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 
 import pandas as pd
 import ray
+from omegaconf import OmegaConf
 
 from dataprep.capfilt import Captioner, CaptionFilter
 from dataprep.config import DataprepConfig
@@ -42,14 +42,14 @@ def build_dataset(cfg: DataprepConfig, shards: list[str]) -> ray.data.Dataset:
     cf = cfg.capfilt
     if cf.enabled and cf.captioner.enabled:
         c = cf.captioner
-        ds = ds.map_batches(Captioner, fn_constructor_kwargs={"cfg": dataclasses.asdict(c)}, batch_format="pandas",
+        ds = ds.map_batches(Captioner, fn_constructor_kwargs={"cfg": OmegaConf.to_container(c)}, batch_format="pandas",
                             batch_size=c.batch_size, compute=ray.data.ActorPoolStrategy(size=c.num_actors),
-                            num_gpus=c.num_gpus)
+                            num_gpus=c.num_gpus, num_cpus=c.num_cpus)
     if cf.enabled and cf.filter.enabled:
         f = cf.filter
-        ds = ds.map_batches(CaptionFilter, fn_constructor_kwargs={"cfg": dataclasses.asdict(f)}, batch_format="pandas",
+        ds = ds.map_batches(CaptionFilter, fn_constructor_kwargs={"cfg": OmegaConf.to_container(f)}, batch_format="pandas",
                             batch_size=f.batch_size, compute=ray.data.ActorPoolStrategy(size=f.num_actors),
-                            num_gpus=f.num_gpus)
+                            num_gpus=f.num_gpus, num_cpus=f.num_cpus)
     return ds
 
 

@@ -174,3 +174,50 @@ def pretrain_llm(path: str, texts: list[str], out: str, steps: int = 300, lr: fl
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return float(loss.detach())
+
+
+def pretrain_vision(samples: list[dict], out: str, image_size: int = 64, patch: int = 8, hidden: int = 64,
+                    layers: int = 4, heads: int = 4, steps: int = 300, batch: int = 64, lr: float = 2e-3,
+                    seed: int = 0) -> dict[str, float]:
+    """Pretrain a tiny ``Blip2VisionModel`` on attribute classification (main object's colour and shape, and the
+    number of objects) from synthetic samples ({'jpg', 'json'}), then ``save_pretrained`` it: the stand-in for a
+    released image encoder. Returns the final training accuracies."""
+    import json as _json
+    import random
+
+    import torch
+    import torch.nn.functional as F
+
+    from dataprep.synthetic import COLOURS, SHAPES
+    from pipeline.images import to_pixel_values
+
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    cfg = Blip2VisionConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+                            num_attention_heads=heads, image_size=image_size, patch_size=patch, initializer_range=0.02)
+    model = Blip2VisionModel(cfg).train()
+    colours, shapes = list(COLOURS), SHAPES
+    metas = [s["json"] if isinstance(s["json"], dict) else _json.loads(s["json"]) for s in samples]
+    pix = to_pixel_values([s["jpg"] for s in samples], image_size)
+    y_col = torch.tensor([colours.index(m["objects"][0]["colour"]) for m in metas])
+    y_shp = torch.tensor([shapes.index(m["objects"][0]["shape"]) for m in metas])
+    y_num = torch.tensor([len(m["objects"]) - 1 for m in metas])
+    heads_ = torch.nn.Linear(hidden, len(colours) + len(shapes) + 3)
+    opt = torch.optim.AdamW([*model.parameters(), *heads_.parameters()], lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
+    acc = {}
+    for _ in range(steps):
+        idx = torch.tensor(rng.sample(range(len(samples)), min(batch, len(samples))))
+        h = model(pixel_values=pix[idx]).last_hidden_state.mean(1)
+        logits = heads_(h)
+        lc, ls, ln = logits.split([len(colours), len(shapes), 3], -1)
+        loss = F.cross_entropy(lc, y_col[idx]) + F.cross_entropy(ls, y_shp[idx]) + F.cross_entropy(ln, y_num[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        acc = {"colour": float((lc.argmax(-1) == y_col[idx]).float().mean()),
+               "shape": float((ls.argmax(-1) == y_shp[idx]).float().mean()),
+               "count": float((ln.argmax(-1) == y_num[idx]).float().mean()), "loss": float(loss.detach())}
+    model.save_pretrained(out)
+    return acc
