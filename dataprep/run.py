@@ -34,6 +34,20 @@ def _validate_batch(df: pd.DataFrame, cfg) -> pd.DataFrame:
     return pd.DataFrame([{**validate(r, cfg), "shard_records": r["shard_records"]} for r in df.to_dict("records")])
 
 
+def _process_shard(row: dict, cfg: DataprepConfig, names: dict[str, str]) -> dict:
+    """No-model path: one Ray task reads, validates and writes a whole shard; only its stats reach the driver."""
+    storage.set_default(cfg.storage)
+    shard = row["shard"]
+    recs = read_shard(shard, cfg.source)
+    sink = ShardSink(cfg.output, {shard: len(recs)}, names)
+    for r in recs:
+        sink.add(_finish_row(validate(r, cfg.validate)))
+    if not recs:  # an empty shard still gets its marker
+        sink.rows[shard] = []
+        sink.flush(shard)
+    return {"stats": json.dumps(sink.done[0])}
+
+
 def build_dataset(cfg: DataprepConfig, shards: list[str]) -> ray.data.Dataset:
     ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=max(1, len(shards)))
     ds = ds.flat_map(_read, fn_kwargs={"source_cfg": cfg.source, "storage_cfg": cfg.storage})
@@ -64,6 +78,15 @@ def _finish_row(r: dict) -> dict:
     return r
 
 
+def _progress(cfg, t0: float, last: float, records: int, shards_done: int, shards: int) -> float:
+    now = time.time()
+    if now - last < cfg.progress_interval_s:
+        return last
+    print(f"dataprep: {records} records ({records / (now - t0):.1f}/s), {shards_done}/{shards} shards written",
+          flush=True)
+    return now
+
+
 def run(cfg: DataprepConfig) -> dict:
     storage.set_default(cfg.storage)
     t0 = time.time()
@@ -76,7 +99,14 @@ def run(cfg: DataprepConfig) -> dict:
     todo = [s for s in shards if s not in done]
     print(f"dataprep: {len(shards)} shards, {len(done)} already done, {len(todo)} to do", flush=True)
     sink_stats: list[dict] = []
-    if todo:
+    if todo and not cfg.capfilt.enabled:
+        ds = ray.data.from_items([{"shard": s} for s in todo], override_num_blocks=len(todo))
+        n, last = 0, time.time()
+        for row in ds.map(_process_shard, fn_kwargs={"cfg": cfg, "names": names}).iter_rows():
+            sink_stats.append(json.loads(row["stats"]))
+            n += sink_stats[-1]["read"]
+            last = _progress(cfg, t0, last, n, len(sink_stats), len(todo))
+    elif todo:
         ds = build_dataset(cfg, todo)
         sink = ShardSink(cfg.output, {}, names)
         n, last = 0, time.time()
@@ -87,10 +117,7 @@ def run(cfg: DataprepConfig) -> dict:
                     sink.expected[r["source_shard"]] = int(r["shard_records"])
                 sink.add(r)
                 n += 1
-            if time.time() - last > cfg.progress_interval_s:
-                last = time.time()
-                print(f"dataprep: {n} records ({n / (last - t0):.1f}/s), {len(sink.done)}/{len(todo)} shards written",
-                      flush=True)
+            last = _progress(cfg, t0, last, n, len(sink.done), len(todo))
         sink_stats = sink.done
         if sink.rows:
             raise RuntimeError(f"dataprep: shards {list(sink.rows)[:3]} ended incomplete")

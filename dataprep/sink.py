@@ -47,9 +47,9 @@ class ShardSink:
         shard = row["source_shard"]
         self.rows[shard].append(row)
         if len(self.rows[shard]) == self.expected[shard]:
-            self._flush(shard)
+            self.flush(shard)
 
-    def _flush(self, shard: str) -> None:
+    def flush(self, shard: str) -> None:
         rows = sorted(self.rows.pop(shard), key=lambda r: r["offset"])  # deterministic row order
         name = self.names[shard]
         kept = [r for r in rows if r["status"] == "ok"]
