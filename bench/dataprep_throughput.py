@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import tarfile
 import sys
+import tarfile
 import tempfile
 import time
 

@@ -36,7 +36,8 @@ class Blip2Stage1(nn.Module):
         self.vision_proj = nn.Linear(h, e)
         self.text_proj = nn.Linear(h, e)
         self.itm_head = nn.Linear(h, 2)
-        self.temp = nn.Parameter(torch.tensor(0.07))  # a divisor, learned and never clamped (reference)
+        # A divisor, learned and never clamped (reference); shape [1] because DeepSpeed cannot broadcast 0-dim params.
+        self.temp = nn.Parameter(torch.full((1,), 0.07))
         self.bos_id = self.tokenizer.bos_token_id
         self.pad_id = self.tokenizer.pad_token_id
 

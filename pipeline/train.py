@@ -1,0 +1,290 @@
+"""The per-worker training loop (DeepSpeed engine under Ray Train) and the driver-side ``fit``.
+
+Checkpoints are written by this loop, not through Ray's checkpoint upload: every rank saves its DeepSpeed
+files (its ZeRO optimizer shard, rank 0 the trainable weights) plus its RNG state to
+``<run>/checkpoints/step_XXXXXXXX/``; after a barrier rank 0 adds ``model.yaml`` / ``model.safetensors``, the
+``COMPLETE`` marker and then ``latest.json``. A restarted worker group (``FailureConfig``) and a rerun of the
+same command both start from ``latest.json``, so a half-written checkpoint is never loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+import time
+
+import torch
+import torch.distributed as dist
+
+from pipeline import checkpoint as ckpt
+from pipeline import data as D
+from pipeline import storage
+from pipeline.losses import stage1_losses, stage2_losses
+from pipeline.optim import lr_lambda, param_groups
+
+
+def build_model(cfg, stage: int):
+    if stage == 1:
+        from pipeline.models.stage1 import Blip2Stage1
+
+        return Blip2Stage1(cfg.model)
+    from pipeline.models.stage2 import Blip2Stage2
+
+    if cfg.init_from_hf:
+        from pipeline.models.export import stage2_from_hf
+
+        return stage2_from_hf(cfg.init_from_hf, vision_dtype=cfg.model.vision.dtype, llm_dtype=cfg.model.llm.dtype,
+                              prompt=cfg.model.prompt, max_txt_len=cfg.model.max_txt_len)
+    model = Blip2Stage2(cfg.model)
+    if cfg.init_from:
+        model.load_stage1(ckpt.load_state(cfg.init_from))
+    return model
+
+
+def deepspeed_config(cfg) -> dict:
+    t = cfg.train
+    precision = t.precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() else "fp32"
+    ds = {"train_micro_batch_size_per_gpu": t.batch_size, "gradient_accumulation_steps": t.grad_accum,
+          "zero_optimization": {"stage": t.zero_stage}, "steps_per_print": 10**9, "wall_clock_breakdown": False}
+    if t.zero_stage == 3:
+        ds["zero_optimization"].update(stage3_gather_16bit_weights_on_model_save=False)
+    if cfg.optim.grad_clip > 0:
+        ds["gradient_clipping"] = cfg.optim.grad_clip
+    if precision == "bf16":
+        ds["bf16"] = {"enabled": True}
+    elif precision == "fp16":
+        ds["fp16"] = {"enabled": True, "initial_scale_power": 16}
+    return ds
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    random.setstate(s["python"])
+    if s["cuda"]:
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def _model_inputs(model, stage: int, batch: dict, device, rng: random.Random) -> dict:
+    pix = batch["pixel_values"].to(device)
+    if stage == 1:
+        return {"pixel_values": pix, **model.tokenize(batch["caption"], device=device)}
+    return {"pixel_values": pix, **model.tokenize(batch["caption"], rng=rng, device=device)}
+
+
+def save_checkpoint(engine, model, stage: int, cfg, run_uri: str, step: int, epoch_state: dict) -> str:
+    rank = dist.get_rank()
+    tag = f"step_{step:08d}"
+    uri = storage.join(run_uri, "checkpoints", tag)
+    with tempfile.TemporaryDirectory() as d:
+        engine.save_checkpoint(d, tag=tag, client_state={"step": step, **epoch_state}, save_latest=False,
+                               exclude_frozen_parameters=True)
+        torch.save(_rng_state(), os.path.join(d, tag, f"rng_rank{rank:05d}.pt"))
+        storage.upload_dir(os.path.join(d, tag), uri)
+    dist.barrier()  # every rank's files are in storage
+    if rank == 0:
+        ckpt.save_model(model, stage, uri)  # model.yaml, trainable weights (for export / stage 2), COMPLETE
+        storage.write_text(storage.join(run_uri, "latest.json"), json.dumps({"tag": tag, "step": step, "uri": uri}))
+        tags = sorted(u.rsplit("/", 1)[-1] for u in storage.listdir(storage.join(run_uri, "checkpoints")))
+        for old in tags[:-cfg.train.num_to_keep] if cfg.train.num_to_keep > 0 else []:
+            storage.remove(storage.join(run_uri, "checkpoints", old))
+    dist.barrier()
+    return uri
+
+
+def latest_checkpoint(run_uri: str) -> dict | None:
+    path = storage.join(run_uri, "latest.json")
+    if not storage.exists(path):
+        return None
+    latest = json.loads(storage.read_text(path))
+    if not ckpt.is_complete(latest["uri"]):
+        raise RuntimeError(f"{path} points at {latest['uri']}, which is not complete")
+    return latest
+
+
+def load_checkpoint(engine, latest: dict) -> dict:
+    rank = dist.get_rank()
+    with tempfile.TemporaryDirectory() as d:
+        local = os.path.join(d, latest["tag"])
+        os.makedirs(local)
+        src = storage.local_copy(latest["uri"], local) if storage.is_s3(latest["uri"]) else latest["uri"]
+        _, client = engine.load_checkpoint(os.path.dirname(src), tag=os.path.basename(src), load_module_strict=False,
+                                           load_optimizer_states=True, load_lr_scheduler_states=True)
+        _set_rng_state(torch.load(os.path.join(src, f"rng_rank{rank:05d}.pt"), weights_only=True))
+    return client
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import deepspeed
+    import ray.train
+    from omegaconf import OmegaConf
+
+    from pipeline.config import merge
+    from pipeline.train_config import Stage1JobConfig, Stage2JobConfig
+
+    stage = config["stage"]
+    cfg = merge(Stage1JobConfig if stage == 1 else Stage2JobConfig, OmegaConf.create(config["cfg"]))
+    storage.set_default(cfg.storage)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    t = cfg.train
+    torch.manual_seed(t.seed + rank)
+    random.seed(t.seed + rank)
+    run_uri = storage.join(t.storage_path, t.run_name)
+
+    model = build_model(cfg, stage)
+    opt = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, cfg.optim.warmup_steps, t.max_steps,
+                                                                       cfg.optim.lr, cfg.optim.min_lr))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
+                                           config=deepspeed_config(cfg), dist_init_required=False)
+    step = 0
+    latest = latest_checkpoint(run_uri)
+    if latest:
+        client = load_checkpoint(engine, latest)
+        step = int(client["step"])
+        if rank == 0:
+            print(f"[train] resumed from {latest['uri']} at step {step}", flush=True)
+
+    files = D.index(cfg.data.uri)
+    per_epoch = D.steps_per_epoch(files, t.batch_size * t.grad_accum, world)
+    if per_epoch == 0:
+        raise ValueError(f"data.uri {cfg.data.uri!r}: fewer samples than one global batch "
+                         f"({t.batch_size * t.grad_accum * world})")
+    losses_fn = stage1_losses if stage == 1 else stage2_losses
+    metrics_log = _load_metrics(run_uri, step) if rank == 0 else []
+    device = engine.device
+    text_rng = random.Random(t.seed + rank)
+    while step < t.max_steps:
+        epoch, in_epoch = divmod(step, per_epoch)
+        batches = D.rank_batches(files, cfg.data, t.seed, t.batch_size, world, rank, epoch,
+                                 in_epoch * t.grad_accum)
+        t_wait, t_step0 = 0.0, time.time()
+        micro = 0
+        for batch in _timed(batches):
+            t_wait += batch.pop("_wait")
+            text_rng.seed(hash((t.seed, rank, step, micro)) & 0xFFFFFFFF)
+            out = engine(**_model_inputs(engine.module, stage, batch, device, text_rng))
+            losses = losses_fn(out)
+            engine.backward(losses["loss"])
+            engine.step()
+            micro += 1
+            if micro % t.grad_accum:
+                continue
+            step += 1
+            dt = time.time() - t_step0
+            m = {"step": step, "epoch": epoch, **{k: float(v) for k, v in losses.items()},
+                 "lr": sched.get_last_lr()[0], "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                 "samples_per_s": t.batch_size * t.grad_accum * world / max(dt, 1e-9),
+                 "data_wait_frac": t_wait / max(dt, 1e-9), "keys": batch["key"]}
+            if rank == 0:
+                metrics_log.append(m)
+                if step % t.log_every == 0 or step == t.max_steps:
+                    print(f"[train] step {step}/{t.max_steps} loss {m['loss']:.4f} lr {m['lr']:.2e} "
+                          f"{m['samples_per_s']:.1f} samples/s wait {m['data_wait_frac']:.2f}", flush=True)
+            keys_all = [None] * world
+            dist.all_gather_object(keys_all, batch["key"])
+            ray.train.report({k: v for k, v in m.items() if k != "keys"})
+            if rank == 0:
+                metrics_log[-1]["keys"] = [k for ks in keys_all for k in ks]
+            if step % t.checkpoint_every == 0 or step == t.max_steps:
+                save_checkpoint(engine, engine.module, stage, cfg, run_uri, step, {"epoch": epoch})
+                if rank == 0:
+                    _write_metrics(run_uri, metrics_log)
+            if step >= t.max_steps or step % per_epoch == 0:
+                break
+            t_wait, t_step0 = 0.0, time.time()
+    if rank == 0:
+        _write_metrics(run_uri, metrics_log, plot=True)
+
+
+def _timed(it):
+    """Yield items of ``it`` with the seconds spent waiting for each under '_wait'."""
+    while True:
+        t0 = time.time()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        item["_wait"] = time.time() - t0
+        yield item
+
+
+def _load_metrics(run_uri: str, upto_step: int) -> list[dict]:
+    path = storage.join(run_uri, "metrics.jsonl")
+    if not storage.exists(path):
+        return []
+    rows = [json.loads(line) for line in storage.read_text(path).splitlines() if line]
+    return [r for r in rows if r["step"] <= upto_step]
+
+
+def _write_metrics(run_uri: str, rows: list[dict], plot: bool = False) -> None:
+    storage.write_text(storage.join(run_uri, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
+    if plot and rows:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for k in ("loss", "itc_loss", "itm_loss", "itg_loss", "lm_loss"):
+            if k in rows[0]:
+                ax.plot([r["step"] for r in rows], [r[k] for r in rows], label=k)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.legend()
+        fig.tight_layout()
+        with tempfile.NamedTemporaryFile(suffix=".png") as f:
+            fig.savefig(f.name, dpi=100)
+            storage.write_bytes(storage.join(run_uri, "loss_curve.png"), open(f.name, "rb").read())
+        plt.close(fig)
+
+
+def fit(cfg, stage: int) -> dict:
+    """Driver side: run the training loop on a Ray Train worker group; returns the last metrics."""
+    import ray
+    import ray.train
+    from omegaconf import OmegaConf
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from pipeline.config import save_config
+
+    t = cfg.train
+    storage.set_default(cfg.storage)
+    run_uri = storage.join(t.storage_path, t.run_name)
+    save_config(cfg, storage.join(run_uri, "config.yaml"))
+    env = {k: v for k, v in os.environ.items() if k in ("AWS_ENDPOINT_URL", "PYTHONPATH", "DS_BUILD_OPS",
+                                                       "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE")}
+    if not ray.is_initialized():
+        ray.init(address=t.ray_address, runtime_env={"env_vars": env}, log_to_driver=True)
+    use_gpu = t.gpus_per_worker > 0
+    resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"stage": stage, "cfg": OmegaConf.to_container(cfg, resolve=True)},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(name=t.run_name, storage_path=_ray_storage(t.storage_path),
+                                       storage_filesystem=_ray_fs(t.storage_path),
+                                       failure_config=ray.train.FailureConfig(max_failures=t.max_failures)),
+    )
+    trainer.fit()
+    rows = _load_metrics(run_uri, t.max_steps)
+    return {k: v for k, v in rows[-1].items() if k != "keys"} if rows else {}
+
+
+def _ray_storage(path: str) -> str:
+    return storage.pyarrow_filesystem(path)[1] if storage.is_s3(path) else os.path.abspath(path)
+
+
+def _ray_fs(path: str):
+    return storage.pyarrow_filesystem(path)[0] if storage.is_s3(path) else None
