@@ -164,8 +164,7 @@ def rank_batches(files: list[tuple[str, int]], cfg: DataConfig, seed: int, batch
     ctx.enable_progress_bars = False  # one bar per worker per epoch would drown the training log
     ds = ds.map_batches(decode_batch, fn_kwargs={"files": [f for f, _ in files], "cfg": cfg, "seed": seed},
                         batch_size=cfg.decode_batch_size, concurrency=cfg.decode_concurrency)
-    for b in ds.iter_torch_batches(batch_size=batch, drop_last=True, collate_fn=_collate):
-        yield b
+    yield from ds.iter_torch_batches(batch_size=batch, drop_last=True, collate_fn=_collate)
 
 
 def _collate(batch: dict) -> dict:
