@@ -163,6 +163,7 @@ def train_loop_per_worker(config: dict) -> None:
     metrics_log = _load_metrics(run_uri, step) if rank == 0 else []
     device = engine.device
     text_rng = random.Random(t.seed + rank)
+    pending_keys: list[list[str]] = []  # this rank's sample keys per step since the last checkpoint
     while step < t.max_steps:
         epoch, in_epoch = divmod(step, per_epoch)
         batches = D.rank_batches(files, cfg.data, t.seed, t.batch_size, world, rank, epoch,
@@ -190,12 +191,11 @@ def train_loop_per_worker(config: dict) -> None:
                 if step % t.log_every == 0 or step == t.max_steps:
                     print(f"[train] step {step}/{t.max_steps} loss {m['loss']:.4f} lr {m['lr']:.2e} "
                           f"{m['samples_per_s']:.1f} samples/s wait {m['data_wait_frac']:.2f}", flush=True)
-            keys_all = [None] * world
-            dist.all_gather_object(keys_all, batch["key"])
+            pending_keys.append(batch["key"])
             ray.train.report({k: v for k, v in m.items() if k != "keys"})
-            if rank == 0:
-                metrics_log[-1]["keys"] = [k for ks in keys_all for k in ks]
             if step % t.checkpoint_every == 0 or step == t.max_steps:
+                _attach_keys(metrics_log, pending_keys, world, rank)  # one gather per checkpoint, not per step
+                pending_keys = []
                 save_checkpoint(engine, engine.module, stage, cfg, run_uri, step, {"epoch": epoch})
                 if rank == 0:
                     _write_metrics(run_uri, metrics_log)
@@ -204,6 +204,15 @@ def train_loop_per_worker(config: dict) -> None:
             t_wait, t_step0 = 0.0, time.time()
     if rank == 0:
         _write_metrics(run_uri, metrics_log, plot=True)
+
+
+def _attach_keys(metrics_log: list[dict], pending: list[list[str]], world: int, rank: int) -> None:
+    """Record the global batch's keys (rank 0's, then rank 1's, ...) in the last len(pending) metric rows."""
+    gathered = [None] * world
+    dist.all_gather_object(gathered, pending)
+    if rank == 0:
+        for i, row in enumerate(metrics_log[len(metrics_log) - len(pending):]):
+            row["keys"] = [k for per_rank in gathered for k in per_rank[i]]
 
 
 def _timed(it):

@@ -221,3 +221,13 @@ def pretrain_vision(samples: list[dict], out: str, image_size: int = 64, patch: 
                "count": float((ln.argmax(-1) == y_num[idx]).float().mean()), "loss": float(loss.detach())}
     model.save_pretrained(out)
     return acc
+
+
+if __name__ == "__main__":  # python -m pipeline.models.tiny --out outputs/zoo  (what configs/*_tiny.yaml point at)
+    import argparse
+
+    ap = argparse.ArgumentParser(description="write the tiny model zoo")
+    ap.add_argument("--out", default="outputs/zoo")
+    ap.add_argument("--image-size", type=int, default=32)
+    ns = ap.parse_args()
+    print(build_tiny_zoo(ns.out, image_size=ns.image_size))
