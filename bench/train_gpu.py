@@ -59,7 +59,7 @@ def main() -> None:
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []
-    for i in range(a.steps):
+    for _i in range(a.steps):
         if dev == "cuda":
             torch.cuda.synchronize()
         t0 = time.time()

@@ -32,7 +32,7 @@ def main() -> None:
     a = p.parse_args()
     from dataprep.synthetic import SyntheticConfig, generate
     from pipeline.config import merge
-    from pipeline.data import DataConfig, decode_batch, epoch_order, index, rank_slice
+    from pipeline.data import decode_batch, epoch_order, index, rank_slice
     from pipeline.losses import stage1_losses
     from pipeline.models.stage1 import Blip2Stage1
     from pipeline.models.tiny import build_tiny_zoo

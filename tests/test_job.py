@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from tests.test_train import prepped, tiny_args  # noqa: F401  (fixture + helper)
 from tests.conftest import _free_port
+from tests.test_train import prepped, tiny_args  # noqa: F401  (fixture + helper)
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
