@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 
 from pipeline.evaluate import (
-    attribute_accuracy, caption_scores, normalize_answer, recall_at_k, rerank, retrieval_metrics, vqa_accuracy,
+    attribute_accuracy,
+    caption_scores,
+    normalize_answer,
+    recall_at_k,
+    rerank,
+    retrieval_metrics,
+    vqa_accuracy,
 )
 
 
