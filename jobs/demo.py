@@ -1,124 +1,212 @@
-"""The end-to-end demo on the built-in default: every stage that exists so far, on a CPU.
+"""The end-to-end demo on the built-in default, on a CPU: every stage through the real jobs.
 
-    python jobs/demo.py [--out DIR]      (default outputs/demo)
+    python jobs/demo.py [--out DIR] [--quick]      (default outputs/demo)
 
-Built so far: synthetic data (train with 30% noisy captions, held-out test and compositional splits),
-tiny unimodal models saved/reloaded through from_pretrained (the LLM pretrained on caption text),
-stage 1 and stage 2 trained in-process for a few hundred steps, and the export of both to the
-transformers layout (<out>/hf_retrieval, <out>/hf_model). Ray Data prep, CapFilt, the Ray Train jobs
-and evaluation are not built yet (see the README's status table).
+1. synthetic data (30% noisy captions, held-out test split); 2. tiny unimodal models pretrained on it (a
+Blip2VisionModel on attribute classification, an OPT-style LM on caption text), saved and reloaded through
+from_pretrained; 3. data prep with validation; 4. stage 1 on the noisy data (Ray Train + DeepSpeed);
+5. CapFilt with that stage-1 model as the filter; 6. stage 1 again on the filtered data; 7. stage 2
+(decoder-only); 8. evaluation on the held-out split; exports to <out>/hf_retrieval and <out>/hf_model.
+Writes <out>/results.json, loss-curve PNGs and an example sheet (examples.png).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
-import random
+import shutil
 import sys
-import tarfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
+import numpy as np  # noqa: E402
 
-from dataprep.synthetic import SyntheticConfig, generate  # noqa: E402
-from pipeline import storage  # noqa: E402
-from pipeline.images import to_pixel_values  # noqa: E402
-from pipeline.losses import stage1_losses, stage2_losses  # noqa: E402
-from pipeline.models.export import export_stage1, export_stage2  # noqa: E402
-from pipeline.models.presets import tiny_stage1, tiny_stage2  # noqa: E402
-from pipeline.models.stage1 import Blip2Stage1  # noqa: E402
-from pipeline.models.stage2 import Blip2Stage2  # noqa: E402
-from pipeline.models.tiny import build_tiny_zoo, pretrain_llm  # noqa: E402
+from dataprep.config import DataprepConfig  # noqa: E402
+from dataprep.synthetic import SyntheticConfig, generate, make_sample  # noqa: E402
+from pipeline.config import merge  # noqa: E402
 
 
-def read_shards(pattern: str) -> list[dict]:
-    out = []
-    for path in storage.glob(pattern):
-        with tarfile.open(path) as tar:
-            files: dict[str, dict] = {}
-            for m in tar.getmembers():
-                key, ext = m.name.rsplit(".", 1)
-                files.setdefault(key, {})[ext] = tar.extractfile(m).read()
-        out += [files[k] for k in sorted(files)]
-    return out
+def _two_means(x: np.ndarray) -> float:
+    """Unsupervised threshold between the two modes of a score distribution (no noise labels used)."""
+    th = float(np.median(x))
+    for _ in range(100):
+        lo, hi = x[x < th], x[x >= th]
+        if not len(lo) or not len(hi):
+            break
+        th = float((lo.mean() + hi.mean()) / 2)
+    return th
 
 
-def fit(model, batches, loss_fn, steps, lr, log_every=50, name=""):
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.98),
-                            weight_decay=0.05)
-    model.train()
-    curve = []
-    for step in range(steps):
-        losses = loss_fn(batches(step))
-        opt.zero_grad()
-        losses["loss"].backward()
-        opt.step()
-        curve.append({k: round(float(v), 4) for k, v in losses.items()})
-        if step % log_every == 0 or step == steps - 1:
-            print(f"  {name} step {step:4d} " + " ".join(f"{k}={v:.3f}" for k, v in curve[-1].items()), flush=True)
-    return curve
+def _parquet_rows(uri: str) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    from pipeline import storage
+
+    return [r for f in storage.glob(os.path.join(uri, "data", "*.parquet"))
+            for r in pq.read_table(f).to_pylist()]
+
+
+def _example_sheet(records: list[dict], generated: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    fig, axes = plt.subplots(2, 4, figsize=(12, 6.5))
+    for ax, r in zip(axes.flat, records):
+        ax.imshow(Image.open(io.BytesIO(r["jpg"])))
+        ax.set_title(f"gen: {generated[r['key']]}\nref: {r['captions'][0]}", fontsize=7)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="outputs/demo")
-    p.add_argument("--num-samples", type=int, default=2000)
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--quick", action="store_true", help="a few steps of everything (CI plumbing check)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
+    q = a.quick
+    n_train, n_test = (240, 32) if q else (4000, 200)
+    s1_steps, s2_steps = (3, 3) if q else (500, 600)
+    vit_steps, lm_steps = (5, 5) if q else (600, 400)
     t0 = time.time()
-    torch.manual_seed(a.seed)
-    rng = random.Random(a.seed)
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "config.yaml"), "w") as f:  # the resolved settings, next to the outputs
+    out = os.path.abspath(a.out)
+    if os.path.exists(out):
+        shutil.rmtree(out)  # the demo always starts from scratch
+    os.makedirs(out)
+    with open(os.path.join(out, "config.yaml"), "w") as f:
         f.write("".join(f"{k}: {v}\n" for k, v in sorted(vars(a).items())))
-    size = 32
 
-    print("[1/5] synthetic data", flush=True)
-    syn = SyntheticConfig(num_samples=a.num_samples, num_test=200, num_compositional=100, seed=a.seed,
-                          image_size=64, noise_fraction=0.3, samples_per_shard=500)
-    uris = generate(syn, os.path.join(a.out, "data", "raw"))
-    train = read_shards(os.path.join(uris["train"], "*.tar"))
-    clean = [s for s in train if not json.loads(s["json"])["noisy"]]
-    captions = [s["txt"].decode() for s in clean]
+    import ray
 
-    print("[2/5] tiny unimodal models (saved and reloaded through from_pretrained)", flush=True)
-    zoo = build_tiny_zoo(os.path.join(a.out, "zoo"), image_size=size, seed=a.seed)
-    zoo["opt"] = os.path.join(a.out, "zoo", "opt-pretrained")
-    lm_loss = pretrain_llm(os.path.join(a.out, "zoo", "opt"), captions, zoo["opt"], steps=a.steps, seed=a.seed)
-    print(f"  LLM pretrained on {len(captions)} captions, final loss {lm_loss:.3f}")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from dataprep.run import run as dataprep_run
+    from jobs.evaluate import EvalConfig, evaluate
+    from pipeline.models.tiny import build_tiny_zoo, pretrain_llm, pretrain_vision
+    from pipeline.train import fit
+    from pipeline.train_config import Stage1JobConfig, Stage2JobConfig
 
-    def batch(step):
-        picked = rng.sample(train, a.batch)
-        return to_pixel_values([s["jpg"] for s in picked], size), [s["txt"].decode() for s in picked]
+    def stage(msg):
+        print(f"\n=== [{time.time() - t0:6.0f}s] {msg}", flush=True)
 
-    print("[3/5] stage 1 (ITC + ITM + ITG) on the noisy data", flush=True)
-    s1 = Blip2Stage1(tiny_stage1(zoo, bert_init=None, hidden_size=64, intermediate_size=128, num_heads=4))
-    curve1 = fit(s1, batch, lambda b: stage1_losses(s1(b[0], **s1.tokenize(b[1]))), a.steps, 1e-3, name="stage1")
+    stage("1/8 synthetic data (30% noisy captions, held-out test split)")
+    syn = SyntheticConfig(num_samples=n_train, num_test=n_test, seed=a.seed, image_size=64, noise_fraction=0.3,
+                          samples_per_shard=500 if not q else 120)
+    uris = generate(syn, os.path.join(out, "data", "raw"))
 
-    print("[4/5] stage 2 (decoder-only LLM) from the stage-1 weights", flush=True)
-    s2 = Blip2Stage2(tiny_stage2(zoo, "opt", hidden_size=64, intermediate_size=128, num_heads=4))
-    s2.load_stage1(s1.state_dict())
-    curve2 = fit(s2, batch, lambda b: stage2_losses(s2(b[0], **s2.tokenize(b[1]))), a.steps, 1e-3, name="stage2")
+    stage("2/8 tiny unimodal models: vision on attribute classification, LM on caption text")
+    zoo = build_tiny_zoo(os.path.join(out, "zoo"), image_size=64, seed=a.seed)
+    pre = SyntheticConfig(image_size=64, seed=a.seed + 1)
+    vit_acc = pretrain_vision([make_sample(pre, "train", i) for i in range(200 if q else 3000)],
+                              os.path.join(out, "zoo", "vision"), steps=vit_steps, seed=a.seed)
+    print(f"vision pretraining accuracies: {vit_acc}")
+    clean = [make_sample(pre, "train", i)["txt"] for i in range(200 if q else 3000)]
+    zoo["opt"] = os.path.join(out, "zoo", "opt-pretrained")
+    lm_loss = pretrain_llm(os.path.join(out, "zoo", "opt"), clean, zoo["opt"], steps=lm_steps, seed=a.seed)
+    print(f"LM pretraining loss: {lm_loss:.3f}")
 
-    print("[5/5] export to the transformers layout", flush=True)
-    export_stage1(s1.eval(), os.path.join(a.out, "hf_retrieval"))
-    export_stage2(s2.eval(), os.path.join(a.out, "hf_model"))
-    test = read_shards(os.path.join(uris["test"], "*.tar"))[:4]
-    examples = [{"caption": s["txt"].decode(), "generated": g} for s, g in zip(
-        test, s2.generate(to_pixel_values([s["jpg"] for s in test], size), num_beams=5, max_new_tokens=20))]
+    stage("3/8 data prep with validation")
+    dp = dataprep_run(merge(DataprepConfig, {"input": uris["train"], "output": os.path.join(out, "data", "prepped"),
+                                             "validate": {"min_size": 32, "resize_shorter_side": 64}}))
 
-    results = {"data": uris, "stage1_first": curve1[0], "stage1_last": curve1[-1], "stage2_first": curve2[0],
-               "stage2_last": curve2[-1], "examples": examples, "wall_seconds": round(time.time() - t0, 1)}
-    with open(os.path.join(a.out, "results.json"), "w") as f:
+    qf = {"tokenizer": zoo["bert"], "bert_init": None, "num_query_tokens": 16, "hidden_size": 64, "num_layers": 4,
+          "num_heads": 4, "intermediate_size": 128, "embed_dim": 32, "max_txt_len": 24,
+          "max_position_embeddings": 64, "dropout": 0.0}
+    common = {"data": {"image_size": 64}, "optim": {"lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 20 if not q else 1},
+              "train": {"batch_size": 32 if not q else 8, "num_workers": 1, "cpus_per_worker": 1, "zero_stage": 2,
+                        "storage_path": os.path.join(out, "runs"), "log_every": 50, "seed": a.seed}}
+    vision = {"name_or_path": zoo["vision"], "dtype": "fp32"}
+
+    def stage1(run, data_uri):
+        cfg = merge(Stage1JobConfig, common, {"model": {"vision": vision, "qformer": qf}, "data": {"uri": data_uri},
+                                              "train": {"run_name": run, "max_steps": s1_steps,
+                                                        "checkpoint_every": s1_steps}})
+        fit(cfg, 1)
+        return json.load(open(os.path.join(out, "runs", run, "latest.json")))["uri"]
+
+    def retrieval(ckpt):
+        return evaluate(merge(EvalConfig, {"data": uris["test"], "retrieval_model": ckpt, "k_test": 16}))
+
+    stage("4/8 stage 1 on the noisy data")
+    ck_noisy = stage1("stage1-noisy", os.path.join(out, "data", "prepped"))
+    before = retrieval(ck_noisy)
+
+    stage("5/8 CapFilt with the stage-1 model as the filter")
+    from jobs.export import main as export_main
+
+    export_main(["--checkpoint", ck_noisy, "--out", os.path.join(out, "filter")])
+    cf = {"enabled": True, "captioner": {"enabled": False},
+          "filter": {"model": os.path.join(out, "filter"), "mode": "topk", "top_k": 1, "batch_size": 64,
+                     "num_cpus": 0.5}}
+    base = {"input": uris["train"], "validate": {"min_size": 32, "resize_shorter_side": 64}}
+    dataprep_run(merge(DataprepConfig, base, {"output": os.path.join(out, "data", "scored"), "capfilt": cf}))
+    scored = _parquet_rows(os.path.join(out, "data", "scored"))
+    th = _two_means(np.array([r["candidate_scores"][0] for r in scored]))
+    cf["filter"]["min_similarity"] = th
+    dp_f = dataprep_run(merge(DataprepConfig, base, {"output": os.path.join(out, "data", "filtered"), "capfilt": cf}))
+    kept = {r["key"] for r in _parquet_rows(os.path.join(out, "data", "filtered"))}
+    noisy = {r["key"]: json.loads(r["meta"])["noisy"] for r in scored}
+    dropped = {k for k in noisy if k not in kept}
+    tp = sum(noisy[k] for k in dropped)
+    precision, recall = tp / max(1, len(dropped)), tp / max(1, sum(noisy.values()))
+    print(f"CapFilt threshold {th:.3f}: dropped {len(dropped)}, precision {precision:.3f}, recall {recall:.3f}")
+
+    stage("6/8 stage 1 again on the filtered data")
+    ck_clean = stage1("stage1-filtered", os.path.join(out, "data", "filtered"))
+
+    stage("7/8 stage 2 (decoder-only LLM) from the filtered stage-1 checkpoint")
+    qf2 = {k: v for k, v in qf.items() if k != "tokenizer"}
+    cfg2 = merge(Stage2JobConfig, common, {
+        "model": {"vision": vision, "qformer": qf2, "llm": {"name_or_path": zoo["opt"], "dtype": "fp32"},
+                  "max_txt_len": 24},
+        "init_from": ck_clean, "data": {"uri": os.path.join(out, "data", "filtered")},
+        "train": {"run_name": "stage2", "max_steps": s2_steps, "checkpoint_every": s2_steps}})
+    fit(cfg2, 2)
+    ck_s2 = json.load(open(os.path.join(out, "runs", "stage2", "latest.json")))["uri"]
+
+    stage("8/8 evaluation on the held-out split, exports")
+    ev = evaluate(merge(EvalConfig, {"data": uris["test"], "retrieval_model": ck_clean, "caption_model": ck_s2,
+                                     "k_test": 16, "num_beams": 3, "max_new_tokens": 20,
+                                     "output": os.path.join(out, "eval.json")}))
+    export_main(["--checkpoint", ck_clean, "--out", os.path.join(out, "hf_retrieval")])
+    export_main(["--checkpoint", ck_s2, "--out", os.path.join(out, "hf_model")])
+    for run in ("stage1-noisy", "stage1-filtered", "stage2"):
+        src = os.path.join(out, "runs", run, "loss_curve.png")
+        if os.path.exists(src):
+            shutil.copy(src, os.path.join(out, f"loss_{run}.png"))
+    from jobs.evaluate import read_eval_set
+
+    test_records = read_eval_set(uris["test"], 8)
+    _example_sheet(test_records, {e["key"]: e["generated"] for e in ev.get("examples", [])},
+                   os.path.join(out, "examples.png"))
+    ray.shutdown()
+
+    results = {
+        "retrieval_tr1": ev["retrieval_tr1"], "retrieval_ir1": ev["retrieval_ir1"],
+        "retrieval_chance_r1": ev["retrieval_chance_r1"],
+        "retrieval_ir1_before_capfilt": before["retrieval_ir1"], "retrieval_ir1_after_capfilt": ev["retrieval_ir1"],
+        "capfilt_precision": precision, "capfilt_recall": recall, "capfilt_threshold": th,
+        "caption_cider": ev["caption_cider"], "caption_bleu4": ev["caption_bleu4"],
+        "caption_attribute_accuracy": ev["caption_attribute_accuracy"], "vqa_accuracy": ev["vqa_accuracy"],
+        "dataprep": {k: dp[k] for k in ("read", "kept", "filtered", "rejected")},
+        "dataprep_capfilt": {k: dp_f[k] for k in ("read", "kept", "filtered", "rejected")},
+        "vision_pretraining": vit_acc, "examples": ev.get("examples", []),
+        "wall_seconds": round(time.time() - t0, 1),
+    }
+    with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    with open(os.path.join(a.out, "loss_curves.json"), "w") as f:
-        json.dump({"stage1": curve1, "stage2": curve2}, f)
-    print(json.dumps({k: v for k, v in results.items() if k != "data"}, indent=2))
+    print("\n" + "=" * 60)
+    for k, v in results.items():
+        if isinstance(v, float):
+            print(f"{k:36s} {v:.4f}")
+    print(f"outputs in {out}")
     return results
 
 

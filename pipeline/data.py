@@ -30,6 +30,7 @@ class DataConfig:
     hflip: bool = True
     decode_batch_size: int = 32
     decode_concurrency: int = 1  # Ray Data decode tasks in flight per worker
+    decode_num_cpus: float = 1.0  # CPUs each decode task reserves
 
 
 def list_files(uri: str) -> list[str]:
@@ -163,7 +164,8 @@ def rank_batches(files: list[tuple[str, int]], cfg: DataConfig, seed: int, batch
     ctx.execution_options.preserve_order = True  # the order above is the contract
     ctx.enable_progress_bars = False  # one bar per worker per epoch would drown the training log
     ds = ds.map_batches(decode_batch, fn_kwargs={"files": [f for f, _ in files], "cfg": cfg, "seed": seed},
-                        batch_size=cfg.decode_batch_size, concurrency=cfg.decode_concurrency)
+                        batch_size=cfg.decode_batch_size, concurrency=cfg.decode_concurrency,
+                        num_cpus=cfg.decode_num_cpus)
     yield from ds.iter_torch_batches(batch_size=batch, drop_last=True, collate_fn=_collate)
 
 

@@ -1,0 +1,135 @@
+"""Real multi-node Ray on one machine: autoscaling with the fake multi-node provider, and a spot-style node loss
+(every process of one worker node killed) that a stage-1 run survives."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from tests.conftest import _free_port
+from tests.test_train import prepped, tiny_args  # noqa: F401  (fixture + helper)
+
+pytestmark = pytest.mark.slow
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+ENV = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "RAY_AUTH_MODE": "token"}
+# one training worker per node: 1.5 of a node's 2 CPUs, the rest for its Ray Data decode tasks
+PER_NODE = {"train.cpus_per_worker": 1.5, "data.decode_num_cpus": 0.25}
+
+
+def _alive_nodes():
+    import ray
+
+    return [n for n in ray.nodes() if n["Alive"]]
+
+
+def test_autoscaler_adds_and_removes_worker_nodes(tiny_zoo, prepped, tmp_path):  # noqa: F811
+    import ray
+    from ray.cluster_utils import AutoscalingCluster
+
+    from jobs import stage1
+
+    cluster = AutoscalingCluster(
+        head_resources={"CPU": 0},
+        worker_node_types={"cpu_node": {"resources": {"CPU": 2}, "node_config": {}, "min_workers": 0,
+                                        "max_workers": 2}},
+        idle_timeout_minutes=0.2)
+    old_path = os.environ["PATH"]
+    os.environ["PATH"] = ENV["PATH"]
+    cluster.start()
+    try:
+        ray.init("auto", log_to_driver=False)
+        assert len(_alive_nodes()) == 1
+        stage1.main(tiny_args(tiny_zoo, prepped, str(tmp_path), "autoscale",
+                              **{"train.max_steps": 3, **PER_NODE}))
+        peak = len(_alive_nodes())
+        assert peak == 3, f"expected head + 2 added worker nodes, saw {peak}"
+        deadline = time.time() + 240
+        while time.time() < deadline and len(_alive_nodes()) > 1:
+            time.sleep(2)
+        assert len(_alive_nodes()) == 1, "idle worker nodes were not removed"
+        print(f"autoscaler: added 2 nodes for the job, removed them {time.time() - deadline + 240:.0f}s after it")
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        os.environ["PATH"] = old_path
+
+
+def _start_node(address, tag):
+    subprocess.run([os.path.join(BIN, "ray"), "start", f"--address={address}", "--num-cpus=2",
+                    f"--resources={json.dumps({tag: 1})}", "--disable-usage-stats"], env=ENV, check=True,
+                   capture_output=True)
+
+
+def _node_processes(tag):
+    """The raylet started with this node's resource tag and everything under it."""
+    procs = []
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "raylet" in cmd and tag in cmd:
+            procs.append(p)
+            procs += p.children(recursive=True)
+    return procs
+
+
+def test_node_preemption_resumes_from_latest_checkpoint(tiny_zoo, prepped, tmp_path):  # noqa: F811
+    ray_bin = os.path.join(BIN, "ray")
+    port = _free_port()
+    subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false",
+                    "--disable-usage-stats"], env=ENV, check=True, capture_output=True)
+    address = f"127.0.0.1:{port}"
+    try:
+        _start_node(address, "node_a")
+        _start_node(address, "node_b")
+        over = {"train.max_steps": 16, "train.checkpoint_every": 4, "train.max_failures": 3,
+                "train.ray_address": address, **PER_NODE}
+        cmd = [sys.executable, "jobs/stage1.py"]
+        r = subprocess.run(cmd + tiny_args(tiny_zoo, prepped, str(tmp_path), "ref", **over), cwd=ROOT, env=ENV,
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        proc = subprocess.Popen(cmd + tiny_args(tiny_zoo, prepped, str(tmp_path), "spot", **over), cwd=ROOT,
+                                env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines: list[str] = []
+        import threading
+
+        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+        reader.start()
+        latest = tmp_path / "spot" / "latest.json"
+        while not (latest.exists() and json.load(open(latest))["step"] >= 4):
+            assert proc.poll() is None, "".join(lines)[-3000:]
+            time.sleep(0.2)
+        victims = _node_processes("node_b")
+        assert victims
+        ckpt_step = json.load(open(latest))["step"]
+        t_kill = time.time()
+        for p in victims:  # a spot reclaim: the whole node disappears at once
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        done_before_kill = max([int(x.split("[train] step ")[1].split("/")[0]) for x in lines if "[train] step " in x]
+                               or [ckpt_step])
+        _start_node(address, "node_c")  # the replacement node
+        proc.wait(timeout=900)
+        reader.join(10)
+        out = "".join(lines)
+        assert proc.returncode == 0, out[-3000:]
+        resumed = [line for line in out.splitlines() if "resumed from" in line]
+        assert resumed, out[-3000:]
+        resumed_at = int(resumed[0].rsplit("at step", 1)[1])
+        steps_lost = done_before_kill - resumed_at
+        print(f"node preemption: {steps_lost} steps lost (done {done_before_kill}, resumed at {resumed_at}), "
+              f"recovered and finished {time.time() - t_kill:.1f}s after the kill")
+        assert resumed_at >= ckpt_step and steps_lost <= 4
+        ref = [json.loads(x) for x in open(tmp_path / "ref" / "metrics.jsonl")]
+        got = [json.loads(x) for x in open(tmp_path / "spot" / "metrics.jsonl")]
+        assert [x["step"] for x in got] == list(range(1, 17))
+        for a, b in zip(ref, got):
+            assert abs(a["loss"] - b["loss"]) <= 1e-6 and a["keys"] == b["keys"], a["step"]
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=ENV, capture_output=True)
