@@ -30,7 +30,6 @@ COLOURS = {
     "purple": (140, 40, 180), "orange": (250, 140, 20), "pink": (250, 130, 200), "cyan": (40, 220, 230),
 }
 BACKGROUNDS = {"white": (245, 245, 245), "gray": (128, 128, 128), "black": (15, 15, 15)}
-SIZES = ["small", "large"]
 POSITIONS = {"left": (0.27, 0.5), "right": (0.73, 0.5), "top": (0.5, 0.27), "bottom": (0.5, 0.73),
              "center": (0.5, 0.5)}
 SHAPE_SYNONYMS = {
@@ -94,7 +93,7 @@ def _scene(rng: np.random.Generator, cfg: SyntheticConfig, split: str) -> dict:
                     break
             elif not combo_held:
                 break
-        size = "large" if i == 0 else str(rng.choice(SIZES))
+        size = "large" if i == 0 else "small"  # the main object (named first in captions) is the one large one
         objects.append({"shape": shape, "colour": colour, "size": size, "position": str(positions[i])})
     bg = str(rng.choice(list(BACKGROUNDS)))
     return {"objects": objects, "background": bg}
@@ -194,6 +193,18 @@ def make_sample(cfg: SyntheticConfig, split: str, index: int) -> dict:
     key = f"{SPLIT_IDS[split]}{index:09d}"
     meta["key"] = key
     return {"key": key, "jpg": buf.getvalue(), "txt": caption, "json": meta}
+
+
+def lm_corpus(cfg: SyntheticConfig, n: int) -> list[str]:
+    """Text to pretrain a stand-in LLM on: each item is two captions of one scene, one per line, so that (like a
+    real LLM) it learns to use its context. Trained on independent captions, a tiny LM learns that nothing before
+    BOS matters: stage 2 then could not steer it (caption attribute accuracy stayed at 0.05-0.10)."""
+    out = []
+    for i in range(n):
+        rng = np.random.default_rng([cfg.seed, 99, i])
+        scene = _scene(rng, cfg, "train")
+        out.append(_caption(rng, scene) + "\n" + _caption(rng, scene))
+    return out
 
 
 def _tar_bytes(samples: list[dict]) -> bytes:

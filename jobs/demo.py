@@ -3,7 +3,7 @@
     python jobs/demo.py [--out DIR] [--quick]      (default outputs/demo)
 
 1. synthetic data (30% noisy captions, held-out test split); 2. tiny unimodal models pretrained on it (a
-Blip2VisionModel on attribute classification, an OPT-style LM on caption text), saved and reloaded through
+Blip2VisionModel on attribute classification, an OPT-style LM on pairs of captions of one scene), saved and reloaded through
 from_pretrained; 3. data prep with validation; 4. stage 1 on the noisy data (Ray Train + DeepSpeed);
 5. CapFilt with that stage-1 model as the filter; 6. stage 1 again on the filtered data; 7. stage 2
 (decoder-only); 8. evaluation on the held-out split; exports to <out>/hf_retrieval and <out>/hf_model.
@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from dataprep.config import DataprepConfig  # noqa: E402
-from dataprep.synthetic import SyntheticConfig, generate, make_sample  # noqa: E402
+from dataprep.synthetic import SyntheticConfig, generate, lm_corpus, make_sample  # noqa: E402
 from pipeline.config import merge  # noqa: E402
 
 
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     q = a.quick
     n_train, n_test = (240, 32) if q else (4000, 200)
-    s1_steps, s2_steps = (3, 3) if q else (500, 600)
-    vit_steps, lm_steps = (5, 5) if q else (600, 400)
+    s1_steps, s2_steps = (3, 3) if q else (500, 1500)
+    vit_steps, lm_steps = (5, 5) if q else (1200, 2000)
     t0 = time.time()
     out = os.path.abspath(a.out)
     if os.path.exists(out):
@@ -86,10 +86,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    os.environ["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # workers inherit it: each training log line once
+    ray.init(num_cpus=2, include_dashboard=False)
     from dataprep.run import run as dataprep_run
     from jobs.evaluate import EvalConfig, evaluate
-    from pipeline.models.tiny import build_tiny_zoo, pretrain_llm, pretrain_vision
+    from pipeline.models.tiny import build_tiny_zoo, pretrain_llm, pretrain_vision, save_tiny_llm
     from pipeline.train import fit
     from pipeline.train_config import Stage1JobConfig, Stage2JobConfig
 
@@ -107,9 +108,10 @@ def main(argv: list[str] | None = None) -> dict:
     vit_acc = pretrain_vision([make_sample(pre, "train", i) for i in range(200 if q else 3000)],
                               os.path.join(out, "zoo", "vision"), steps=vit_steps, seed=a.seed)
     print(f"vision pretraining accuracies: {vit_acc}")
-    clean = [make_sample(pre, "train", i)["txt"] for i in range(200 if q else 3000)]
+    lm_dir = os.path.join(out, "zoo", "opt-64")
+    save_tiny_llm(lm_dir, "opt", hidden=64, layers=2, heads=4, vocab_size=1000)  # whole-word tokens: easy to copy
     zoo["opt"] = os.path.join(out, "zoo", "opt-pretrained")
-    lm_loss = pretrain_llm(os.path.join(out, "zoo", "opt"), clean, zoo["opt"], steps=lm_steps, seed=a.seed)
+    lm_loss = pretrain_llm(lm_dir, lm_corpus(pre, 200 if q else 3000), zoo["opt"], steps=lm_steps, seed=a.seed)
     print(f"LM pretraining loss: {lm_loss:.3f}")
 
     stage("3/8 data prep with validation")
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     qf = {"tokenizer": zoo["bert"], "bert_init": None, "num_query_tokens": 16, "hidden_size": 64, "num_layers": 4,
           "num_heads": 4, "intermediate_size": 128, "embed_dim": 32, "max_txt_len": 24,
-          "max_position_embeddings": 64, "dropout": 0.0}
+          "max_position_embeddings": 64, "dropout": 0.0, "initializer_range": 0.1}  # ~1/sqrt(width), see QFormerConfig
     common = {"data": {"image_size": 64}, "optim": {"lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 20 if not q else 1},
               "train": {"batch_size": 32 if not q else 8, "num_workers": 1, "cpus_per_worker": 1, "zero_stage": 2,
                         "storage_path": os.path.join(out, "runs"), "log_every": 50, "seed": a.seed}}

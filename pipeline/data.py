@@ -158,11 +158,11 @@ def rank_batches(files: list[tuple[str, int]], cfg: DataConfig, seed: int, batch
     order = rank_slice(epoch_order(files, seed, epoch), batch, world, rank, start_step)
     if not order:
         return
-    items = [{"file": fi, "row": r, "epoch": epoch} for fi, r in order]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // max(batch, cfg.decode_batch_size)))
-    ctx = ray.data.DataContext.get_current()
+    ctx = ray.data.DataContext.get_current()  # set before the dataset is made: it copies the context
     ctx.execution_options.preserve_order = True  # the order above is the contract
     ctx.enable_progress_bars = False  # one bar per worker per epoch would drown the training log
+    items = [{"file": fi, "row": r, "epoch": epoch} for fi, r in order]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // max(batch, cfg.decode_batch_size)))
     ds = ds.map_batches(decode_batch, fn_kwargs={"files": [f for f, _ in files], "cfg": cfg, "seed": seed},
                         batch_size=cfg.decode_batch_size, concurrency=cfg.decode_concurrency,
                         num_cpus=cfg.decode_num_cpus)

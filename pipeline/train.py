@@ -23,6 +23,7 @@ from pipeline import data as D
 from pipeline import storage
 from pipeline.losses import stage1_losses, stage2_losses
 from pipeline.optim import lr_lambda, param_groups
+from pipeline.run_log import RunLog, load_rows
 
 
 def build_model(cfg, stage: int):
@@ -146,6 +147,9 @@ def train_loop_per_worker(config: dict) -> None:
                                                                        cfg.optim.lr, cfg.optim.min_lr))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
                                            config=deepspeed_config(cfg), dist_init_required=False)
+    if rank == 0:
+        print(f"[train] {world} worker(s), {torch.get_num_threads()} torch threads each, device {engine.device}",
+              flush=True)
     step = 0
     latest = latest_checkpoint(run_uri)
     if latest:
@@ -160,15 +164,16 @@ def train_loop_per_worker(config: dict) -> None:
         raise ValueError(f"data.uri {cfg.data.uri!r}: fewer samples than one global batch "
                          f"({t.batch_size * t.grad_accum * world})")
     losses_fn = stage1_losses if stage == 1 else stage2_losses
-    metrics_log = _load_metrics(run_uri, step) if rank == 0 else []
+    log = RunLog(run_uri, step) if rank == 0 else None
     device = engine.device
     text_rng = random.Random(t.seed + rank)
     pending_keys: list[list[str]] = []  # this rank's sample keys per step since the last checkpoint
+    window: list[dict] = []  # metrics since the last ray.train.report
     while step < t.max_steps:
         epoch, in_epoch = divmod(step, per_epoch)
         batches = D.rank_batches(files, cfg.data, t.seed, t.batch_size, world, rank, epoch,
                                  in_epoch * t.grad_accum)
-        t_wait, t_step0 = 0.0, time.time()
+        t_wait, t_prev = 0.0, time.time()  # step time = wall clock between steps: data, compute, report, checkpoint
         micro = 0
         for batch in _timed(batches):
             t_wait += batch.pop("_wait")
@@ -181,29 +186,43 @@ def train_loop_per_worker(config: dict) -> None:
             if micro % t.grad_accum:
                 continue
             step += 1
-            dt = time.time() - t_step0
+            now = time.time()
+            dt, t_prev = max(now - t_prev, 1e-9), now
             m = {"step": step, "epoch": epoch, **{k: float(v) for k, v in losses.items()},
                  "lr": sched.get_last_lr()[0], "grad_norm": float(engine.get_global_grad_norm() or 0.0),
-                 "samples_per_s": t.batch_size * t.grad_accum * world / max(dt, 1e-9),
-                 "data_wait_frac": t_wait / max(dt, 1e-9), "keys": batch["key"]}
+                 "samples_per_s": t.batch_size * t.grad_accum * world / dt, "data_wait_frac": t_wait / dt,
+                 "keys": batch["key"]}
+            t_wait = 0.0
+            window.append(m)
             if rank == 0:
-                metrics_log.append(m)
+                log.append(m)
                 if step % t.log_every == 0 or step == t.max_steps:
                     print(f"[train] step {step}/{t.max_steps} loss {m['loss']:.4f} lr {m['lr']:.2e} "
                           f"{m['samples_per_s']:.1f} samples/s wait {m['data_wait_frac']:.2f}", flush=True)
             pending_keys.append(batch["key"])
-            ray.train.report({k: v for k, v in m.items() if k != "keys"})
+            if step % t.report_every == 0 or step == t.max_steps:
+                ray.train.report(_window_means(window))
+                window = []
             if step % t.checkpoint_every == 0 or step == t.max_steps:
-                _attach_keys(metrics_log, pending_keys, world, rank)  # one gather per checkpoint, not per step
+                _attach_keys(log.rows if log else [], pending_keys, world, rank)  # one gather per checkpoint
                 pending_keys = []
                 save_checkpoint(engine, engine.module, stage, cfg, run_uri, step, {"epoch": epoch})
-                if rank == 0:
-                    _write_metrics(run_uri, metrics_log)
+                if log:
+                    log.flush()
             if step >= t.max_steps or step % per_epoch == 0:
                 break
-            t_wait, t_step0 = 0.0, time.time()
-    if rank == 0:
-        _write_metrics(run_uri, metrics_log, plot=True)
+    if log:
+        log.flush(plot=True)
+        log.close()
+
+
+def _window_means(rows: list[dict]) -> dict:
+    """What goes to ``ray.train.report``: the last step's step/epoch/lr, the window's mean of everything else."""
+    out = {k: rows[-1][k] for k in ("step", "epoch", "lr")}
+    for k in rows[-1]:
+        if k not in out and k != "keys":
+            out[k] = sum(r[k] for r in rows) / len(rows)
+    return out
 
 
 def _attach_keys(metrics_log: list[dict], pending: list[list[str]], world: int, rank: int) -> None:
@@ -227,36 +246,6 @@ def _timed(it):
         yield item
 
 
-def _load_metrics(run_uri: str, upto_step: int) -> list[dict]:
-    path = storage.join(run_uri, "metrics.jsonl")
-    if not storage.exists(path):
-        return []
-    rows = [json.loads(line) for line in storage.read_text(path).splitlines() if line]
-    return [r for r in rows if r["step"] <= upto_step]
-
-
-def _write_metrics(run_uri: str, rows: list[dict], plot: bool = False) -> None:
-    storage.write_text(storage.join(run_uri, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in rows))
-    if plot and rows:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for k in ("loss", "itc_loss", "itm_loss", "itg_loss", "lm_loss"):
-            if k in rows[0]:
-                ax.plot([r["step"] for r in rows], [r[k] for r in rows], label=k)
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.legend()
-        fig.tight_layout()
-        with tempfile.NamedTemporaryFile(suffix=".png") as f:
-            fig.savefig(f.name, dpi=100)
-            storage.write_bytes(storage.join(run_uri, "loss_curve.png"), open(f.name, "rb").read())
-        plt.close(fig)
-
-
 def fit(cfg, stage: int) -> dict:
     """Driver side: run the training loop on a Ray Train worker group; returns the last metrics."""
     import ray
@@ -272,8 +261,10 @@ def fit(cfg, stage: int) -> dict:
     save_config(cfg, storage.join(run_uri, "config.yaml"))
     env = {k: v for k, v in os.environ.items() if k in ("AWS_ENDPOINT_URL", "PYTHONPATH", "DS_BUILD_OPS",
                                                        "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE")}
+    env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # else Ray Train tees worker prints to stderr: every line twice
     if not ray.is_initialized():
         ray.init(address=t.ray_address, runtime_env={"env_vars": env}, log_to_driver=True)
+    _pin_ray_data_actors_here()
     use_gpu = t.gpus_per_worker > 0
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
@@ -287,8 +278,26 @@ def fit(cfg, stage: int) -> dict:
                                        failure_config=ray.train.FailureConfig(max_failures=t.max_failures)),
     )
     trainer.fit()
-    rows = _load_metrics(run_uri, t.max_steps)
+    rows = load_rows(run_uri, t.max_steps)
     return {k: v for k, v in rows[-1].items() if k != "keys"} if rows else {}
+
+
+def _pin_ray_data_actors_here() -> None:
+    """Create Ray Data's two detached actors on the driver's node before the workers do.
+
+    Ray Data pins its stats actor and autoscaling coordinator (``lifetime="detached"``) to the node of the first
+    process that runs a dataset. Under Ray Train that is a training worker, so they would outlive the job on a GPU
+    node and keep it from ever being idle: the autoscaler could not remove it. Private APIs, hence the guard.
+    """
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+        from ray.data._internal.stats import get_or_create_stats_actor
+    except ImportError:  # another Ray version: nothing to pin
+        return
+    get_or_create_stats_actor()
+    get_or_create_autoscaling_coordinator()
 
 
 def _ray_storage(path: str) -> str:

@@ -29,11 +29,9 @@ def _alive_nodes():
 
 
 def test_autoscaler_adds_worker_nodes_for_a_job(tiny_zoo, prepped, tmp_path):  # noqa: F811
-    """Ray's fake multi-node provider (real raylets on this machine) driven by the real autoscaler.
-
-    Scale-up is asserted. Scale-down is only reported: in this session one of the two nodes stayed up for
-    4 minutes after the job ended (cause not found yet), so removal after the idle timeout is not shown.
-    """
+    """Ray's fake multi-node provider (real raylets on this machine) driven by the real autoscaler: the job's
+    2 worker nodes are added, and removed after the idle timeout once it ends. (Removal needs Ray Data's
+    detached actors kept off the worker nodes: pipeline.train._pin_ray_data_actors_here.)"""
     import ray
 
     config = {  # a cluster-launcher config for the `fake_multinode` provider
@@ -67,10 +65,12 @@ def test_autoscaler_adds_worker_nodes_for_a_job(tiny_zoo, prepped, tmp_path):  #
         peak = len(_alive_nodes())
         assert peak == 3, f"expected head + 2 added worker nodes, saw {peak}"
         t_done = time.time()
-        while time.time() - t_done < 30 and len(_alive_nodes()) > 1:
-            time.sleep(2)
-        print(f"autoscaler: the job got 2 added nodes in {t_done - t0:.0f}s; 30s after it ended "
-              f"{len(_alive_nodes()) - 1} worker node(s) were still up (idle timeout 12s)")
+        while time.time() - t_done < 120 and len(_alive_nodes()) > 1:
+            time.sleep(1)
+        left = len(_alive_nodes()) - 1
+        print(f"autoscaler: the job got 2 added nodes in {t_done - t0:.0f}s; {left} worker node(s) left "
+              f"{time.time() - t_done:.0f}s after it ended (idle timeout 12s)")
+        assert left == 0, "idle worker nodes were not removed"
     finally:
         ray.shutdown()
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True)

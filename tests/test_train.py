@@ -129,6 +129,14 @@ def test_preempted_worker_resumes_exactly(tiny_zoo, prepped, tmp_path):
         for k in ("itc_loss", "itm_loss", "itg_loss", "loss"):
             assert abs(a[k] - b[k]) <= 1e-6, (a["step"], k, a[k], b[k])
         assert a["keys"] == b["keys"]
+    # TensorBoard holds each step once across the restart (the resumed writer purges the steps it redoes)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(tmp_path / "kill" / "tensorboard"))
+    ea.Reload()
+    tb = ea.Scalars("train/loss")
+    assert [e.step for e in tb] == list(range(1, 17))
+    assert all(abs(e.value - b["loss"]) <= 1e-5 for e, b in zip(tb, got))
     print(f"preemption: recovered and finished {time.time() - t_kill:.1f}s after the kill")
 
 

@@ -108,7 +108,8 @@ def _qformer_cfg_from_hf(config: Blip2Config, max_txt_len: int = 32) -> QFormerC
                          hidden_size=qc.hidden_size, num_layers=qc.num_hidden_layers, num_heads=qc.num_attention_heads,
                          intermediate_size=qc.intermediate_size, cross_attention_freq=qc.cross_attention_frequency,
                          max_position_embeddings=qc.max_position_embeddings, dropout=qc.hidden_dropout_prob,
-                         embed_dim=config.image_text_hidden_size, max_txt_len=max_txt_len)
+                         embed_dim=config.image_text_hidden_size, max_txt_len=max_txt_len,
+                         initializer_range=qc.initializer_range)
 
 
 def _vision_from_hf(vision_model: Blip2VisionModel, dtype: str) -> FrozenVisionEncoder:

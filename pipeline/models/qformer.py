@@ -31,6 +31,9 @@ class QFormerConfig:
     dropout: float = 0.1
     embed_dim: int = 256  # ITC projection width
     max_txt_len: int = 32
+    # Weight-init std (BERT's 0.02, tuned for width 768). At width 64 two 0.02 projections shrink what cross-attention
+    # adds to the queries ~40x, and ITC idles at ln(batch) for hundreds of steps; ~1/sqrt(width) avoids that.
+    initializer_range: float = 0.02
 
 
 def load_tokenizer(name_or_path: str):
@@ -47,6 +50,7 @@ def hf_config(cfg: QFormerConfig, encoder_width: int, vocab_size: int, text: boo
         hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
         max_position_embeddings=cfg.max_position_embeddings, cross_attention_frequency=cfg.cross_attention_freq,
         encoder_hidden_size=encoder_width, use_qformer_text_input=text, layer_norm_eps=1e-12, pad_token_id=0,
+        initializer_range=cfg.initializer_range,
     )
 
 
@@ -72,7 +76,7 @@ class QFormer(nn.Module):
         self.hf_config = hf_config(cfg, encoder_width, vocab_size, text)
         self.num_query = cfg.num_query_tokens
         self.query_tokens = nn.Parameter(torch.zeros(1, cfg.num_query_tokens, cfg.hidden_size))
-        nn.init.normal_(self.query_tokens, std=0.02)
+        nn.init.normal_(self.query_tokens, std=cfg.initializer_range)
         self.qformer = Blip2QFormerModel(self.hf_config)
         self.text = text
         if text:

@@ -97,8 +97,9 @@ def save_tiny_vision(out: str, image_size: int = 32, patch: int = 8, hidden: int
     Blip2VisionModel(cfg).save_pretrained(out)
 
 
-def save_tiny_llm(out: str, kind: str, hidden: int = 32, layers: int = 2, heads: int = 2, max_positions: int = 128):
-    tok = train_llm_tokenizer(out, kind)
+def save_tiny_llm(out: str, kind: str, hidden: int = 32, layers: int = 2, heads: int = 2, max_positions: int = 128,
+                  vocab_size: int = 400):
+    tok = train_llm_tokenizer(out, kind, vocab_size=vocab_size)
     vocab = len(tok) + EXTRA_ROWS
     if kind == "opt":
         cfg = OPTConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, ffn_dim=2 * hidden,
@@ -181,7 +182,9 @@ def pretrain_vision(samples: list[dict], out: str, image_size: int = 64, patch: 
                     seed: int = 0) -> dict[str, float]:
     """Pretrain a tiny ``Blip2VisionModel`` on attribute classification (main object's colour and shape, and the
     number of objects) from synthetic samples ({'jpg', 'json'}), then ``save_pretrained`` it: the stand-in for a
-    released image encoder. Returns the final training accuracies."""
+    released image encoder. The heads read the pooled [CLS] output (attention pooling: a mean over patches blurs
+    the main object's shape with the others'). The last tenth of ``samples`` is held out; returns the accuracies
+    on it."""
     import json as _json
     import random
 
@@ -205,22 +208,27 @@ def pretrain_vision(samples: list[dict], out: str, image_size: int = 64, patch: 
     heads_ = torch.nn.Linear(hidden, len(colours) + len(shapes) + 3)
     opt = torch.optim.AdamW([*model.parameters(), *heads_.parameters()], lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
-    acc = {}
+    n_train = len(samples) - len(samples) // 10
+
+    def heads_for(idx):
+        return heads_(model(pixel_values=pix[idx]).pooler_output).split([len(colours), len(shapes), 3], -1)
+
     for _ in range(steps):
-        idx = torch.tensor(rng.sample(range(len(samples)), min(batch, len(samples))))
-        h = model(pixel_values=pix[idx]).last_hidden_state.mean(1)
-        logits = heads_(h)
-        lc, ls, ln = logits.split([len(colours), len(shapes), 3], -1)
+        idx = torch.tensor(rng.sample(range(n_train), min(batch, n_train)))
+        lc, ls, ln = heads_for(idx)
         loss = F.cross_entropy(lc, y_col[idx]) + F.cross_entropy(ls, y_shp[idx]) + F.cross_entropy(ln, y_num[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-        acc = {"colour": float((lc.argmax(-1) == y_col[idx]).float().mean()),
-               "shape": float((ls.argmax(-1) == y_shp[idx]).float().mean()),
-               "count": float((ln.argmax(-1) == y_num[idx]).float().mean()), "loss": float(loss.detach())}
+    model.eval()
+    with torch.no_grad():
+        idx = torch.arange(n_train, len(samples))
+        lc, ls, ln = heads_for(idx)
     model.save_pretrained(out)
-    return acc
+    return {"colour": float((lc.argmax(-1) == y_col[idx]).float().mean()),
+            "shape": float((ls.argmax(-1) == y_shp[idx]).float().mean()),
+            "count": float((ln.argmax(-1) == y_num[idx]).float().mean()), "held_out": len(idx)}
 
 
 if __name__ == "__main__":  # python -m pipeline.models.tiny --out outputs/zoo  (what configs/*_tiny.yaml point at)
