@@ -1,6 +1,6 @@
 """Data-prep throughput: the Ray Data pipeline vs a plain single-process loop doing the same work.
 
-    python bench/dataprep_throughput.py [--num-samples 2000] [--image-size 512] [--with-models]
+    python bench/dataprep_throughput.py [--num-samples 4000] [--image-size 512] [--with-models]
 
 Both read the same WebDataset shards of photo-like JPEGs (textured noise over the synthetic scenes, so
 decoding costs what a web photo costs), decode, validate, resize (shorter side 256) and write Parquet.
@@ -69,7 +69,7 @@ def plain_loop(cfg) -> int:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--num-samples", type=int, default=1000)
+    p.add_argument("--num-samples", type=int, default=4000)
     p.add_argument("--image-size", type=int, default=768)
     p.add_argument("--with-models", action="store_true")
     a = p.parse_args()
