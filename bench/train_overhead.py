@@ -1,7 +1,7 @@
 """Training-loop overhead: the tiny stage-1 model under Ray Train + DeepSpeed (1 worker) vs a plain PyTorch loop
 over the same model, batches and optimizer, measured side by side in one run.
 
-    python bench/train_overhead.py [--steps 200] [--batch 8] [--report-every 50]
+    python bench/train_overhead.py [--steps 200] [--batch 8] [--report-every 50] [--zero-stage 2]
 
 Step times are means over the steps after a warm-up, wall clock from one step to the next. The Ray Train
 figure includes its data ingest (Ray Data decode on the other core), ``ray.train.report`` (every
@@ -34,6 +34,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--report-every", type=int, default=50)
+    p.add_argument("--zero-stage", type=int, default=2)
     a = p.parse_args()
     from dataprep.synthetic import SyntheticConfig, generate
     from pipeline.config import merge
@@ -52,7 +53,7 @@ def main() -> None:
                                       "hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,
                                       "embed_dim": 16, "max_txt_len": 16, "max_position_embeddings": 64}},
                 "data": {"uri": f"{d}/prep", "image_size": 32},
-                "train": {"batch_size": a.batch, "num_workers": 1, "report_every": a.report_every, "zero_stage": 2,
+                "train": {"batch_size": a.batch, "num_workers": 1, "report_every": a.report_every, "zero_stage": a.zero_stage,
                           "max_steps": a.steps, "checkpoint_every": 10**9, "storage_path": f"{d}/runs", "run_name": "bench",
                           "log_every": 10**9}, "optim": {"warmup_steps": 10, "lr": 1e-3}}
         cfg = merge(Stage1JobConfig, over)
@@ -91,7 +92,7 @@ def main() -> None:
               f"(means after {warm} warm-up steps)")
         print(f"plain loop, batches decoded up front: {predecoded:.2f} steps/s")
         print(f"plain loop, torch DataLoader decoding (1 worker process): {with_loader:.2f} steps/s")
-        print(f"Ray Train + DeepSpeed ZeRO-2 (1 worker): {ray_sps:.2f} steps/s, data-wait fraction {wait:.2f}")
+        print(f"Ray Train + DeepSpeed ZeRO-{a.zero_stage} (1 worker): {ray_sps:.2f} steps/s, data-wait fraction {wait:.2f}")
         print(f"ratio vs plain loop with DataLoader: {ray_sps / with_loader:.2f}x; "
               f"vs batches decoded up front: {ray_sps / predecoded:.2f}x")
 
