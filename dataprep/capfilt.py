@@ -163,3 +163,16 @@ class CaptionFilter:
         df.loc[no_caption, "status"] = "filtered"
         df.loc[no_caption, "reason"] = "capfilt_no_caption"
         return df
+
+
+def two_means_threshold(scores) -> float:
+    """Unsupervised split of a 1-D score distribution into two modes (no labels used): a ``filter.min_similarity``
+    for CapFilt when the noise rate is unknown."""
+    x = np.asarray(scores, dtype=float)
+    th = float(np.median(x))
+    for _ in range(100):
+        lo, hi = x[x < th], x[x >= th]
+        if not len(lo) or not len(hi):
+            break
+        th = float((lo.mean() + hi.mean()) / 2)
+    return th

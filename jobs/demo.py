@@ -22,22 +22,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
 
+from dataprep.capfilt import two_means_threshold  # noqa: E402
 from dataprep.config import DataprepConfig  # noqa: E402
 from dataprep.synthetic import SyntheticConfig, generate, lm_corpus, make_sample  # noqa: E402
 from pipeline.config import merge  # noqa: E402
-
-
-def _two_means(x: np.ndarray) -> float:
-    """Unsupervised threshold between the two modes of a score distribution (no noise labels used)."""
-    th = float(np.median(x))
-    for _ in range(100):
-        lo, hi = x[x < th], x[x >= th]
-        if not len(lo) or not len(hi):
-            break
-        th = float((lo.mean() + hi.mean()) / 2)
-    return th
 
 
 def _parquet_rows(uri: str) -> list[dict]:
@@ -102,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
                           samples_per_shard=500 if not q else 120)
     uris = generate(syn, os.path.join(out, "data", "raw"))
 
-    stage("2/8 tiny unimodal models: vision on attribute classification, LM on caption text")
+    stage("2/8 tiny unimodal models: vision on attribute classification, LM on pairs of captions")
     zoo = build_tiny_zoo(os.path.join(out, "zoo"), image_size=64, seed=a.seed)
     pre = SyntheticConfig(image_size=64, seed=a.seed + 1)
     vit_acc = pretrain_vision([make_sample(pre, "train", i) for i in range(200 if q else 3000)],
@@ -150,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     base = {"input": uris["train"], "validate": {"min_size": 32, "resize_shorter_side": 64}}
     dataprep_run(merge(DataprepConfig, base, {"output": os.path.join(out, "data", "scored"), "capfilt": cf}))
     scored = _parquet_rows(os.path.join(out, "data", "scored"))
-    th = _two_means(np.array([r["candidate_scores"][0] for r in scored]))
+    th = two_means_threshold([r["candidate_scores"][0] for r in scored])
     cf["filter"]["min_similarity"] = th
     dp_f = dataprep_run(merge(DataprepConfig, base, {"output": os.path.join(out, "data", "filtered"), "capfilt": cf}))
     kept = {r["key"] for r in _parquet_rows(os.path.join(out, "data", "filtered"))}

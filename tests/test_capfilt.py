@@ -9,19 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from dataprep.capfilt import two_means_threshold
 from dataprep.synthetic import SyntheticConfig, generate, make_sample
 from pipeline import storage
-
-
-def _two_means_threshold(x: np.ndarray) -> float:
-    """Unsupervised split of a 1-D score distribution (no labels used)."""
-    th = float(np.median(x))
-    for _ in range(50):
-        lo, hi = x[x < th], x[x >= th]
-        if len(lo) == 0 or len(hi) == 0:
-            break
-        th = float((lo.mean() + hi.mean()) / 2)
-    return th
 
 
 @pytest.mark.slow
@@ -85,7 +75,7 @@ def test_capfilt_flags_noisy_captions_better_than_chance(tmp_path, tiny_zoo):
                    for r in rows)
         assert all(len(r["kept_captions"]) <= 2 for r in rows)
         web_scores = np.array([r["candidate_scores"][0] for r in rows])
-        th = _two_means_threshold(web_scores)
+        th = two_means_threshold(web_scores)
         s2, rows2 = prep("filtered", min_similarity=th)
     finally:
         ray.shutdown()
