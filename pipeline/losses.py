@@ -36,8 +36,9 @@ def itc_loss(image_feats, text_feat, temp, label_smoothing: float = 0.1) -> torc
     """Symmetric InfoNCE with label smoothing 0.1, as in LAVIS (the paper does not mention smoothing)."""
     sim_i2t, sim_t2i = itc_similarities(image_feats, text_feat, temp)
     targets = itc_targets(image_feats.shape[0], image_feats.device)
-    return (F.cross_entropy(sim_i2t, targets, label_smoothing=label_smoothing)
-            + F.cross_entropy(sim_t2i, targets, label_smoothing=label_smoothing)) / 2
+    # Losses in fp32 whatever the model's dtype (autocast would do the same).
+    return (F.cross_entropy(sim_i2t.float(), targets, label_smoothing=label_smoothing)
+            + F.cross_entropy(sim_t2i.float(), targets, label_smoothing=label_smoothing)) / 2
 
 
 @torch.no_grad()
@@ -82,7 +83,7 @@ def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def itm_loss(itm_logits: torch.Tensor, itm_labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(itm_logits, itm_labels)
+    return F.cross_entropy(itm_logits.float(), itm_labels)
 
 
 def itg_loss(itg_logits: torch.Tensor, itg_labels: torch.Tensor, label_smoothing: float = 0.1) -> torch.Tensor:

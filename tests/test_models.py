@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from pipeline.losses import itg_attention_mask, stage1_losses, stage2_losses
@@ -176,3 +177,21 @@ def test_stage2_nucleus_sampling_and_vqa_prompt(tiny_zoo, synthetic_batch):
     assert len(a) == 6
     q = [VQA_PROMPTS[m.kind].format("what color is the circle?")] * 2
     assert len(m.generate(x, prompt=q, num_beams=3, max_new_tokens=4)) == 2
+
+
+@pytest.mark.parametrize("stage", ["stage1", "opt", "t5"])
+def test_whole_model_cast_to_bf16_runs_as_deepspeed_bf16_does(tiny_zoo, synthetic_batch, stage):
+    """DeepSpeed bf16 casts every parameter to bf16 (ln_vision included); forward, losses and backward must still
+    run, the losses stay fp32 and finite, and every trainable parameter gets a gradient."""
+    torch.manual_seed(0)
+    x, caps = synthetic_batch
+    if stage == "stage1":
+        m = Blip2Stage1(tiny_stage1(tiny_zoo)).to(torch.bfloat16)
+        losses = stage1_losses(m(x[:4].to(torch.bfloat16), **m.tokenize(caps[:4])))
+    else:
+        m = Blip2Stage2(tiny_stage2(tiny_zoo, stage)).to(torch.bfloat16)
+        losses = stage2_losses(m(x[:4].to(torch.bfloat16), **m.tokenize(caps[:4])))
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values()), losses
+    losses["loss"].backward()
+    missing = [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing

@@ -73,8 +73,10 @@ def test_zero2_stage1_and_stage2_checkpoint_to_s3(tiny_zoo, prepped, s3_bucket):
     for llm in ("opt", "t5"):
         args = [a for a in tiny_args(tiny_zoo, prepped, f"{root}/runs", f"s2{llm}")
                 if not a.startswith(("model.qformer.tokenizer", "model.qformer.bert_init"))]
-        args += [f"model.llm.name_or_path={tiny_zoo[llm]}", "model.llm.dtype=fp32", f"init_from={latest['uri']}",
-                 "model.max_txt_len=16", f"storage.endpoint_url={scfg.endpoint_url}"]
+        # T5 runs DeepSpeed's bf16 mode (every weight cast to bf16, as on a GPU); OPT runs fp32.
+        dtype = {"opt": "fp32", "t5": "bf16"}[llm]
+        args += [f"model.llm.name_or_path={tiny_zoo[llm]}", f"model.llm.dtype={dtype}", f"train.precision={dtype}",
+                 f"init_from={latest['uri']}", "model.max_txt_len=16", f"storage.endpoint_url={scfg.endpoint_url}"]
         r = _run(args, script="jobs/stage2.py", env=env)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         rows = [json.loads(x) for x in storage.read_text(f"{root}/runs/s2{llm}/metrics.jsonl", scfg).splitlines()]

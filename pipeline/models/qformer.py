@@ -87,6 +87,7 @@ class QFormer(nn.Module):
     def _run(self, embeds, query_length, mask=None, image_embeds=None):
         enc_mask = None
         if image_embeds is not None:
+            image_embeds = image_embeds.to(self.query_tokens.dtype)  # fp32 features into a bf16/fp16 Q-Former
             enc_mask = torch.ones(image_embeds.shape[:2], dtype=torch.long, device=image_embeds.device)
         return self.qformer(query_embeds=embeds, query_length=query_length, attention_mask=mask,
                             encoder_hidden_states=image_embeds, encoder_attention_mask=enc_mask).last_hidden_state

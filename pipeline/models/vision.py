@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, Blip2VisionConfig, Blip2VisionModel, CLIPVisionModel
 
@@ -79,8 +80,12 @@ class FrozenVisionEncoder(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             feats = self.tower(pixel_values=pixel_values.to(self.dtype)).last_hidden_state
-        # ln_vision computes in fp32 (reference LayerNorm subclass); the Q-Former runs in fp32 too.
-        return self.ln_vision(feats.float())
+        # ln_vision computes in fp32 (reference LayerNorm subclass), also when DeepSpeed bf16/fp16 has cast its
+        # weights down; the Q-Former casts the result to its own dtype.
+        ln = self.ln_vision
+        if isinstance(ln, nn.LayerNorm):
+            return F.layer_norm(feats.float(), ln.normalized_shape, ln.weight.float(), ln.bias.float(), ln.eps)
+        return feats.float()
 
 
 def build_vision(cfg: VisionConfig) -> FrozenVisionEncoder:
