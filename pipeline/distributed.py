@@ -24,7 +24,7 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
 
     Detached on one process too, so a single process computes exactly what a rank does.
     """
-    if not is_dist():
+    if world_size() == 1:  # no collective for a world of one (a 1-worker run computes the same)
         return x.detach().clone()
     out = [torch.empty_like(x) for _ in range(world_size())]
     dist.all_gather(out, x.contiguous())
@@ -49,6 +49,6 @@ class _GatherWithGrad(torch.autograd.Function):
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate ``x`` from every rank; gradients flow back to the rank that owns each slice."""
-    if not is_dist():
+    if world_size() == 1:
         return x
     return _GatherWithGrad.apply(x)

@@ -81,3 +81,17 @@ def synthetic_batch():
     cfg = SyntheticConfig(image_size=32)
     samples = [make_sample(cfg, "train", i) for i in range(32)]
     return to_pixel_values([s["jpg"] for s in samples], 32), [s["txt"] for s in samples]
+
+
+@pytest.fixture(scope="session")
+def prepped(tmp_path_factory, tiny_zoo):
+    """Synthetic data through jobs/dataprep.py (no models), as training reads it; shared by the training tests."""
+    from dataprep.synthetic import SyntheticConfig, generate
+    from tests.procs import run_ok
+
+    d = tmp_path_factory.mktemp("train_data")
+    generate(SyntheticConfig(num_samples=400, samples_per_shard=100, image_size=32, noise_fraction=0.3), str(d / "raw"))
+    run_ok([sys.executable, "jobs/dataprep.py", f"input={d / 'raw'}", f"output={d / 'prepped'}",
+            "validate.min_size=16", "validate.resize_shorter_side=32"], cwd=os.path.dirname(os.path.dirname(
+                os.path.abspath(__file__))))
+    return str(d / "prepped")

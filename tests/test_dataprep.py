@@ -15,6 +15,7 @@ from PIL import Image
 
 from dataprep.synthetic import SyntheticConfig, generate
 from pipeline import storage
+from tests.procs import run_ok
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -157,7 +158,7 @@ def test_kill_and_rerun_finishes_without_duplicates(tmp_path):
            "validate.min_size=32", "validate.batch_size=16", "progress_interval_s=1"]
     env = {**os.environ, "RAY_ADDRESS": ""}
     env.pop("RAY_ADDRESS")
-    subprocess.run(cmd + [f"output={tmp_path / 'ref'}"], check=True, env=env, cwd=ROOT, capture_output=True)
+    run_ok(cmd + [f"output={tmp_path / 'ref'}"], env=env, cwd=ROOT)
 
     out = tmp_path / "killed"
     proc = subprocess.Popen(cmd + [f"output={out}"], env=env, cwd=ROOT, start_new_session=True,
@@ -177,7 +178,7 @@ def test_kill_and_rerun_finishes_without_duplicates(tmp_path):
     proc.wait()
     assert 0 < done_before < 24, done_before
     marker_mtimes = {p.name: p.stat().st_mtime for p in (out / "_progress").glob("*.json")}
-    r = subprocess.run(cmd + [f"output={out}"], check=True, env=env, cwd=ROOT, capture_output=True, text=True)
+    r = run_ok(cmd + [f"output={out}"], env=env, cwd=ROOT)
     assert f"{len(marker_mtimes)} already done" in r.stdout
     for name, mtime in marker_mtimes.items():  # finished shards were not redone
         assert (out / "_progress" / name).stat().st_mtime == mtime

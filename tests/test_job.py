@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from tests.conftest import _free_port
-from tests.test_train import prepped, tiny_args  # noqa: F401  (fixture + helper)
+from tests.procs import run_ok
+from tests.test_train import tiny_args
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,8 +20,8 @@ def test_ray_job_submit_stage1(tiny_zoo, prepped, tmp_path):  # noqa: F811
     port, dash = _free_port(), _free_port()
     # the job driver runs `python` from the head node's PATH: make that this venv, as a cluster node's image would
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": bindir + os.pathsep + os.environ["PATH"]}
-    subprocess.run([ray, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=2",
-                    "--include-dashboard=true", "--disable-usage-stats"], check=True, env=env, capture_output=True)
+    run_ok([ray, "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--num-cpus=2",
+            "--include-dashboard=true", "--disable-usage-stats"], env=env)
     try:
         args = tiny_args(tiny_zoo, prepped, str(tmp_path), "job", **{"train.max_steps": 3})
         r = subprocess.run([ray, "job", "submit", f"--address=http://127.0.0.1:{dash}", "--working-dir", ROOT,

@@ -187,10 +187,10 @@ def test_whole_model_cast_to_bf16_runs_as_deepspeed_bf16_does(tiny_zoo, syntheti
     x, caps = synthetic_batch
     if stage == "stage1":
         m = Blip2Stage1(tiny_stage1(tiny_zoo)).to(torch.bfloat16)
-        losses = stage1_losses(m(x[:4].to(torch.bfloat16), **m.tokenize(caps[:4])))
+        losses = stage1_losses(m(x[:4], **m.tokenize(caps[:4])))  # fp32 pixels, as the data loader gives them
     else:
         m = Blip2Stage2(tiny_stage2(tiny_zoo, stage)).to(torch.bfloat16)
-        losses = stage2_losses(m(x[:4].to(torch.bfloat16), **m.tokenize(caps[:4])))
+        losses = stage2_losses(m(x[:4], **m.tokenize(caps[:4])))
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values()), losses
     losses["loss"].backward()
     missing = [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None]

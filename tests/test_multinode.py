@@ -12,7 +12,8 @@ import psutil
 import pytest
 
 from tests.conftest import _free_port
-from tests.test_train import prepped, tiny_args  # noqa: F401  (fixture + helper)
+from tests.procs import run_ok
+from tests.test_train import REFERENCE_RUN, reference_run, tiny_args  # noqa: F401  (fixture + helpers)
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,8 +51,8 @@ def test_autoscaler_adds_worker_nodes_for_a_job(tiny_zoo, prepped, tmp_path):  #
     cfg_path.write_text(json.dumps(config))
     env = {**ENV, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
     ray_bin = os.path.join(BIN, "ray")
-    subprocess.run([ray_bin, "start", "--head", f"--autoscaling-config={cfg_path}", "--num-cpus=0",
-                    "--include-dashboard=false", "--disable-usage-stats"], env=env, check=True, capture_output=True)
+    run_ok([ray_bin, "start", "--head", f"--autoscaling-config={cfg_path}", "--num-cpus=0",
+            "--include-dashboard=false", "--disable-usage-stats"], env=env)
     try:
         ray.init("auto", log_to_driver=False)
         assert len(_alive_nodes()) == 1
@@ -77,9 +78,8 @@ def test_autoscaler_adds_worker_nodes_for_a_job(tiny_zoo, prepped, tmp_path):  #
 
 
 def _start_node(address, tag):
-    subprocess.run([os.path.join(BIN, "ray"), "start", f"--address={address}", "--num-cpus=2",
-                    f"--resources={json.dumps({tag: 1})}", "--disable-usage-stats"], env=ENV, check=True,
-                   capture_output=True)
+    run_ok([os.path.join(BIN, "ray"), "start", f"--address={address}", "--num-cpus=2",
+            f"--resources={json.dumps({tag: 1})}", "--disable-usage-stats"], env=ENV)
 
 
 def _node_processes(tag):
@@ -93,21 +93,18 @@ def _node_processes(tag):
     return procs
 
 
-def test_node_preemption_resumes_from_latest_checkpoint(tiny_zoo, prepped, tmp_path):  # noqa: F811
+def test_node_preemption_resumes_from_latest_checkpoint(tiny_zoo, prepped, reference_run, tmp_path):  # noqa: F811
     ray_bin = os.path.join(BIN, "ray")
     port = _free_port()
-    subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false",
-                    "--disable-usage-stats"], env=ENV, check=True, capture_output=True)
+    run_ok([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false",
+            "--disable-usage-stats"], env=ENV)
     address = f"127.0.0.1:{port}"
     try:
         _start_node(address, "node_a")
         _start_node(address, "node_b")
-        over = {"train.max_steps": 16, "train.checkpoint_every": 4, "train.max_failures": 3,
-                "train.ray_address": address, **PER_NODE}
+        # Same run as the reference (one node), spread over two nodes: the losses must match it all the same.
+        over = {**REFERENCE_RUN, "train.max_failures": 3, "train.ray_address": address, **PER_NODE}
         cmd = [sys.executable, "jobs/stage1.py"]
-        r = subprocess.run(cmd + tiny_args(tiny_zoo, prepped, str(tmp_path), "ref", **over), cwd=ROOT, env=ENV,
-                           capture_output=True, text=True)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         proc = subprocess.Popen(cmd + tiny_args(tiny_zoo, prepped, str(tmp_path), "spot", **over), cwd=ROOT,
                                 env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         lines: list[str] = []
@@ -142,7 +139,7 @@ def test_node_preemption_resumes_from_latest_checkpoint(tiny_zoo, prepped, tmp_p
         print(f"node preemption: {steps_lost} steps lost (done {done_before_kill}, resumed at {resumed_at}), "
               f"recovered and finished {time.time() - t_kill:.1f}s after the kill")
         assert resumed_at >= ckpt_step and steps_lost <= 4
-        ref = [json.loads(x) for x in open(tmp_path / "ref" / "metrics.jsonl")]
+        ref = [json.loads(x) for x in open(f"{reference_run}/metrics.jsonl")]
         got = [json.loads(x) for x in open(tmp_path / "spot" / "metrics.jsonl")]
         assert [x["step"] for x in got] == list(range(1, 17))
         for a, b in zip(ref, got):

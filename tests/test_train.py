@@ -10,21 +10,21 @@ import time
 import psutil
 import pytest
 
-from dataprep.synthetic import SyntheticConfig, generate
-
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def prepped(tmp_path_factory, tiny_zoo):
-    """Synthetic data through jobs/dataprep.py (no models), as training reads it."""
-    d = tmp_path_factory.mktemp("train_data")
-    generate(SyntheticConfig(num_samples=400, samples_per_shard=100, image_size=32, noise_fraction=0.3), str(d / "raw"))
-    subprocess.run([sys.executable, "jobs/dataprep.py", f"input={d / 'raw'}", f"output={d / 'prepped'}",
-                    "validate.min_size=16", "validate.resize_shorter_side=32"], cwd=ROOT, check=True,
-                   capture_output=True)
-    return str(d / "prepped")
+# The uninterrupted run that the preemption tests (worker and node) compare against; it runs once per session.
+REFERENCE_RUN = {"train.max_steps": 16, "train.checkpoint_every": 4}
+
+
+@pytest.fixture(scope="session")
+def reference_run(tiny_zoo, prepped, tmp_path_factory):
+    """Run dir of an uninterrupted 16-step stage-1 run (2 workers, one local Ray)."""
+    d = str(tmp_path_factory.mktemp("reference"))
+    r = _run(tiny_args(tiny_zoo, prepped, d, "ref", **REFERENCE_RUN))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return f"{d}/ref"
 
 
 def tiny_args(zoo, data, storage_path, run, **over):
@@ -105,10 +105,8 @@ def _kill_tree(proc):
     proc.wait()
 
 
-def test_preempted_worker_resumes_exactly(tiny_zoo, prepped, tmp_path):
-    over = {"train.max_steps": 16, "train.checkpoint_every": 4, "train.max_failures": 2}
-    r = _run(tiny_args(tiny_zoo, prepped, str(tmp_path), "ref", **over))
-    assert r.returncode == 0, r.stderr[-3000:]
+def test_preempted_worker_resumes_exactly(tiny_zoo, prepped, reference_run, tmp_path):
+    over = {**REFERENCE_RUN, "train.max_failures": 2}
     proc = subprocess.Popen([sys.executable, "jobs/stage1.py", *tiny_args(tiny_zoo, prepped, str(tmp_path), "kill",
                                                                           **over)],
                             cwd=ROOT, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -125,7 +123,7 @@ def test_preempted_worker_resumes_exactly(tiny_zoo, prepped, tmp_path):
             _kill_tree(proc)
     assert proc.returncode == 0, out[-3000:]
     assert "resumed from" in out
-    ref, got = _metrics(tmp_path / "ref" / "metrics.jsonl"), _metrics(tmp_path / "kill" / "metrics.jsonl")
+    ref, got = _metrics(f"{reference_run}/metrics.jsonl"), _metrics(tmp_path / "kill" / "metrics.jsonl")
     assert [x["step"] for x in got] == list(range(1, 17))
     for a, b in zip(ref, got):
         for k in ("itc_loss", "itm_loss", "itg_loss", "loss"):

@@ -78,8 +78,10 @@ class FrozenVisionEncoder(nn.Module):
         return self
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        # The tower's own dtype, not the configured one: DeepSpeed bf16/fp16 recasts every weight.
+        dtype = next(self.tower.parameters()).dtype
         with torch.no_grad():
-            feats = self.tower(pixel_values=pixel_values.to(self.dtype)).last_hidden_state
+            feats = self.tower(pixel_values=pixel_values.to(dtype)).last_hidden_state
         # ln_vision computes in fp32 (reference LayerNorm subclass), also when DeepSpeed bf16/fp16 has cast its
         # weights down; the Q-Former casts the result to its own dtype.
         ln = self.ln_vision
