@@ -206,9 +206,11 @@ def train_loop_per_worker(config: dict) -> None:
             if step % t.checkpoint_every == 0 or step == t.max_steps:
                 _attach_keys(log.rows if log else [], pending_keys, world, rank)  # one gather per checkpoint
                 pending_keys = []
-                save_checkpoint(engine, engine.module, stage, cfg, run_uri, step, {"epoch": epoch})
+                # Metrics first: once latest.json names this step, its rows must already be in storage (a node
+                # lost between the two would otherwise resume without them; seen in the node-preemption test).
                 if log:
                     log.flush()
+                save_checkpoint(engine, engine.module, stage, cfg, run_uri, step, {"epoch": epoch})
             if step >= t.max_steps or step % per_epoch == 0:
                 break
     if log:
