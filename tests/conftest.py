@@ -95,3 +95,16 @@ def prepped(tmp_path_factory, tiny_zoo):
             "validate.min_size=16", "validate.resize_shorter_side=32"], cwd=os.path.dirname(os.path.dirname(
                 os.path.abspath(__file__))))
     return str(d / "prepped")
+
+
+@pytest.fixture(scope="session")
+def reference_run(tiny_zoo, prepped, tmp_path_factory):
+    """Run dir of an uninterrupted 16-step stage-1 run (2 workers, one local Ray), shared by the worker- and
+    node-preemption tests. Defined here so that it runs once per session (a fixture imported into two test
+    modules would run once per module)."""
+    from tests.test_train import REFERENCE_RUN, _run, tiny_args
+
+    d = str(tmp_path_factory.mktemp("reference"))
+    r = _run(tiny_args(tiny_zoo, prepped, d, "ref", **REFERENCE_RUN))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return f"{d}/ref"

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import _free_port
 from tests.procs import run_ok
-from tests.test_train import REFERENCE_RUN, reference_run, tiny_args  # noqa: F401  (fixture + helpers)
+from tests.test_train import REFERENCE_RUN, tiny_args
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,7 +93,7 @@ def _node_processes(tag):
     return procs
 
 
-def test_node_preemption_resumes_from_latest_checkpoint(tiny_zoo, prepped, reference_run, tmp_path):  # noqa: F811
+def test_node_preemption_resumes_from_latest_checkpoint(tiny_zoo, prepped, reference_run, tmp_path):
     ray_bin = os.path.join(BIN, "ray")
     port = _free_port()
     run_ok([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false",

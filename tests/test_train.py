@@ -14,17 +14,8 @@ pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-# The uninterrupted run that the preemption tests (worker and node) compare against; it runs once per session.
+# The uninterrupted run that the preemption tests (worker and node) compare against: conftest's reference_run.
 REFERENCE_RUN = {"train.max_steps": 16, "train.checkpoint_every": 4}
-
-
-@pytest.fixture(scope="session")
-def reference_run(tiny_zoo, prepped, tmp_path_factory):
-    """Run dir of an uninterrupted 16-step stage-1 run (2 workers, one local Ray)."""
-    d = str(tmp_path_factory.mktemp("reference"))
-    r = _run(tiny_args(tiny_zoo, prepped, d, "ref", **REFERENCE_RUN))
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return f"{d}/ref"
 
 
 def tiny_args(zoo, data, storage_path, run, **over):
