@@ -25,8 +25,8 @@ from dataprep.config import DataprepConfig  # noqa: E402
 from dataprep.run import _finish_row, run  # noqa: E402
 from dataprep.sink import ShardSink  # noqa: E402
 from dataprep.sources import list_shards, read_shard, shard_name  # noqa: E402
-from dataprep.synthetic import SyntheticConfig  # noqa: E402
 from dataprep.validate import validate  # noqa: E402
+from demo.synthetic import SyntheticConfig  # noqa: E402
 from pipeline.config import merge  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def photo_like_shards(out: str, n: int, size: int, per_shard: int = 100) -> None
     import numpy as np
     from PIL import Image
 
-    from dataprep.synthetic import make_sample
+    from demo.synthetic import make_sample
 
     rng = np.random.default_rng(0)
     cfg = SyntheticConfig(image_size=size)
@@ -79,7 +79,7 @@ def main() -> None:
         t0 = time.time()
         n = plain_loop(merge(DataprepConfig, {**base, "output": f"{d}/plain"}))
         plain = n / (time.time() - t0)
-        ray.init(include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
         run(merge(DataprepConfig, {**base, "output": f"{d}/warmup", "input": f"{d}/raw/00000.tar"}))  # start workers
         t0 = time.time()
         s = run(merge(DataprepConfig, {**base, "output": f"{d}/ray"}))
@@ -88,11 +88,10 @@ def main() -> None:
         print(f"plain single-process loop: {plain:.1f} images/s")
         print(f"ray data pipeline (no models): {piped:.1f} images/s  ratio {piped / plain:.2f}x")
         if a.with_models:
+            from demo.tiny_zoo import build_tiny_zoo, tiny_stage1, tiny_stage2
             from pipeline.models.export import export_stage1, export_stage2
-            from pipeline.models.presets import tiny_stage1, tiny_stage2
             from pipeline.models.stage1 import Blip2Stage1
             from pipeline.models.stage2 import Blip2Stage2
-            from pipeline.models.tiny import build_tiny_zoo
 
             zoo = build_tiny_zoo(f"{d}/zoo")
             export_stage1(Blip2Stage1(tiny_stage1(zoo)).eval(), f"{d}/filter")

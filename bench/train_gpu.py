@@ -38,7 +38,7 @@ def bert_base_sized_tokenizer(out: str):
     """A BERT WordPiece tokenizer with bert-base-uncased's vocabulary size (the real vocab is not reachable offline)."""
     from transformers import BertTokenizerFast
 
-    from pipeline.models.tiny import corpus
+    from demo.tiny_zoo import corpus
 
     words = sorted({w for line in corpus() for w in line.split()})
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
@@ -51,10 +51,10 @@ def bert_base_sized_tokenizer(out: str):
 
 
 def build(preset: str, workdir: str, dev: str):
-    from pipeline.models.presets import VISION, tiny_stage1
+    from demo.tiny_zoo import build_tiny_zoo, tiny_stage1
+    from pipeline.models.presets import VISION
     from pipeline.models.qformer import QFormerConfig
     from pipeline.models.stage1 import Blip2Stage1, Stage1ModelConfig
-    from pipeline.models.tiny import build_tiny_zoo
     from pipeline.models.vision import FrozenVisionEncoder, VisionConfig
 
     if preset == "tiny":

@@ -39,10 +39,10 @@ def main() -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--decode-batch", type=int, default=32, help="images per Ray Data decode task (data.decode_batch_size)")
     a = p.parse_args()
-    from dataprep.synthetic import SyntheticConfig, generate
+    from demo.synthetic import SyntheticConfig, generate
+    from demo.tiny_zoo import build_tiny_zoo
     from pipeline.config import merge
     from pipeline.data import decode_batch, epoch_order, index, rank_slice
-    from pipeline.models.tiny import build_tiny_zoo
     from pipeline.train_config import Stage1JobConfig
 
     with tempfile.TemporaryDirectory() as d:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.config import StorageConfig
+from pipeline.storage import StorageConfig
 
 
 @dataclass

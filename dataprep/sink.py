@@ -19,14 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import storage
+from pipeline.records import OUTPUT_SCHEMA
 
-OUTPUT_SCHEMA = pa.schema([
-    ("key", pa.string()), ("jpg", pa.binary()), ("width", pa.int32()), ("height", pa.int32()),
-    ("web_caption", pa.string()), ("synthetic_captions", pa.list_(pa.string())),
-    ("candidate_scores", pa.list_(pa.float32())), ("kept_captions", pa.list_(pa.string())),
-    ("web_caption_kept", pa.bool_()), ("source_shard", pa.string()), ("offset", pa.int64()),
-    ("orig_width", pa.int32()), ("orig_height", pa.int32()), ("meta", pa.string()),
-])
 REJECTS_SCHEMA = pa.schema([("key", pa.string()), ("source_shard", pa.string()), ("offset", pa.int64()),
                             ("status", pa.string()), ("reason", pa.string())])
 

@@ -7,14 +7,12 @@ shards), streamed from local disk or s3:// without a local copy.
 from __future__ import annotations
 
 import io
-import tarfile
 
 import pyarrow.parquet as pq
 
 from dataprep.config import SourceConfig
 from pipeline import storage
-
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+from pipeline.records import read_tar
 
 
 def list_shards(uri: str, cfg: SourceConfig) -> list[str]:
@@ -41,31 +39,7 @@ def read_shard(uri: str, cfg: SourceConfig) -> list[dict]:
     """Every record of one shard as {key, image, caption (bytes), meta, source_shard, offset}."""
     if uri.endswith(".parquet"):
         return _read_parquet(uri, cfg)
-    return _read_tar(uri)
-
-
-def _read_tar(uri: str) -> list[dict]:
-    groups: dict[str, dict] = {}
-    order: list[str] = []
-    with storage.open_file(uri, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-        for m in tar:
-            if not m.isfile():
-                continue
-            base = m.name.rsplit("/", 1)[-1]
-            if "." not in base:
-                continue
-            key, ext = base.split(".", 1)
-            if key not in groups:
-                groups[key] = {}
-                order.append(key)
-            groups[key][ext.lower()] = tar.extractfile(m).read()
-    out = []
-    for i, key in enumerate(order):
-        g = groups[key]
-        image = next((g[e] for e in IMAGE_EXTS if e in g), None)
-        out.append({"key": key, "image": image, "caption": g.get("txt"), "meta": (g.get("json") or b"").decode(
-            "utf-8", "replace"), "source_shard": uri, "offset": i})
-    return out
+    return read_tar(uri)
 
 
 def _read_parquet(uri: str, cfg: SourceConfig) -> list[dict]:

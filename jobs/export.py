@@ -17,8 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline import storage  # noqa: E402
 from pipeline.checkpoint import load_model  # noqa: E402
-from pipeline.config import StorageConfig  # noqa: E402
 from pipeline.models.export import export_stage1, export_stage2  # noqa: E402
+from pipeline.storage import StorageConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -14,7 +14,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from pipeline import storage
-from pipeline.config import StorageConfig, merge
+from pipeline.config import merge
+from pipeline.storage import StorageConfig
 
 MARKER = "COMPLETE"
 

@@ -7,26 +7,18 @@ error that names the key. :func:`save_config` writes the resolved config next to
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from pipeline import storage
 
 T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key."""
-
-
-@dataclass
-class StorageConfig:
-    """Where object storage lives. Credentials come from the standard AWS env/profile, never from here."""
-
-    endpoint_url: str | None = None  # MinIO / moto / other S3-compatible stores
-    region: str | None = None
-    anon: bool = False
 
 
 def _describe(err: OmegaConfBaseException) -> str:
@@ -71,8 +63,6 @@ def load_config(schema: type[T], argv: list[str] | None = None, description: str
 
 
 def load_yaml(uri: str) -> Any:
-    from pipeline import storage
-
     try:
         text = storage.read_text(uri)
     except FileNotFoundError:
@@ -87,8 +77,6 @@ def to_yaml(cfg: Any) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
-def save_config(cfg: Any, uri: str, storage_cfg: StorageConfig | None = None) -> None:
+def save_config(cfg: Any, uri: str, storage_cfg: storage.StorageConfig | None = None) -> None:
     """Write the resolved config (YAML) to ``uri`` (local or s3://)."""
-    from pipeline import storage
-
     storage.write_text(uri, to_yaml(cfg), storage_cfg)

@@ -81,10 +81,10 @@ def steps_per_epoch(files: list[tuple[str, int]], batch: int, world: int) -> int
 
 
 def _tar_records(uri: str) -> list[dict]:
-    from dataprep.sources import _read_tar
+    from pipeline.records import read_tar
 
     out = []
-    for r in _read_tar(uri):
+    for r in read_tar(uri):
         caption = (r["caption"] or b"").decode("utf-8", "replace").strip()
         out.append({"key": r["key"], "jpg": r["image"], "kept_captions": [caption]})
     return out

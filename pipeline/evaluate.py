@@ -93,16 +93,3 @@ def retrieval_metrics(i2t: np.ndarray, t2i: np.ndarray, text_image: np.ndarray, 
     tr = recall_at_k(i2t, text_image, ks)
     ir = recall_at_k(t2i, text_image, ks)
     return {**{f"tr{k}": tr[f"tr{k}"] for k in ks}, **{f"ir{k}": ir[f"ir{k}"] for k in ks}}
-
-
-def attribute_accuracy(captions: list[str], objects: list[dict]) -> float:
-    """Fraction of captions naming the main object's colour and shape (any synonym) in the synthetic data."""
-    from dataprep.synthetic import SHAPE_SYNONYMS
-
-    hits = []
-    for cap, obj in zip(captions, objects):
-        words = f" {cap.lower()} "
-        colour = f" {obj['colour']} " in words
-        shape = any(f" {s} " in words for s in SHAPE_SYNONYMS[obj["shape"]])
-        hits.append(colour and shape)
-    return float(np.mean(hits)) if hits else 0.0

@@ -7,12 +7,20 @@ whatever botocore finds (environment, profile, instance role); they are never lo
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
 import pyarrow.fs as pafs
 
-from pipeline.config import StorageConfig
+
+@dataclass
+class StorageConfig:
+    """Where object storage lives. Credentials come from the standard AWS env/profile, never from here."""
+
+    endpoint_url: str | None = None  # MinIO / moto / other S3-compatible stores
+    region: str | None = None
+    anon: bool = False
 
 _DEFAULT = StorageConfig(endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
 

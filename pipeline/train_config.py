@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.config import StorageConfig
 from pipeline.data import DataConfig
 from pipeline.models.stage1 import Stage1ModelConfig
 from pipeline.models.stage2 import Stage2ModelConfig
+from pipeline.storage import StorageConfig
 
 
 @dataclass

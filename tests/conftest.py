@@ -57,7 +57,7 @@ def s3_bucket(moto_server):
     """A fresh bucket; yields (s3://bucket, StorageConfig pointing at the moto endpoint)."""
     import boto3
 
-    from pipeline.config import StorageConfig
+    from pipeline.storage import StorageConfig
 
     name = f"test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1").create_bucket(Bucket=name)
@@ -67,7 +67,7 @@ def s3_bucket(moto_server):
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory):
     """Tiny BERT/vision/OPT/T5 models + tokenizers, saved and reloaded through from_pretrained."""
-    from pipeline.models.tiny import build_tiny_zoo
+    from demo.tiny_zoo import build_tiny_zoo
 
     return build_tiny_zoo(str(tmp_path_factory.mktemp("zoo")))
 
@@ -75,7 +75,7 @@ def tiny_zoo(tmp_path_factory):
 @pytest.fixture(scope="session")
 def synthetic_batch():
     """32 distinct synthetic 32-px image/caption pairs as (pixel_values [32, 3, 32, 32], captions)."""
-    from dataprep.synthetic import SyntheticConfig, make_sample
+    from demo.synthetic import SyntheticConfig, make_sample
     from pipeline.images import to_pixel_values
 
     cfg = SyntheticConfig(image_size=32)
@@ -86,7 +86,7 @@ def synthetic_batch():
 @pytest.fixture(scope="session")
 def prepped(tmp_path_factory, tiny_zoo):
     """Synthetic data through jobs/dataprep.py (no models), as training reads it; shared by the training tests."""
-    from dataprep.synthetic import SyntheticConfig, generate
+    from demo.synthetic import SyntheticConfig, generate
     from tests.procs import run_ok
 
     d = tmp_path_factory.mktemp("train_data")

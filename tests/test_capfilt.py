@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dataprep.capfilt import two_means_threshold
-from dataprep.synthetic import SyntheticConfig, generate, make_sample
+from demo.synthetic import SyntheticConfig, generate, make_sample
 from pipeline import storage
 
 
@@ -20,14 +20,13 @@ def test_capfilt_flags_noisy_captions_better_than_chance(tmp_path, tiny_zoo):
 
     from dataprep.config import DataprepConfig
     from dataprep.run import run
+    from demo.tiny_zoo import pretrain_vision, tiny_stage1, tiny_stage2
     from pipeline.config import merge
     from pipeline.images import to_pixel_values
     from pipeline.losses import stage1_losses
     from pipeline.models.export import export_stage1, export_stage2
-    from pipeline.models.presets import tiny_stage1, tiny_stage2
     from pipeline.models.stage1 import Blip2Stage1
     from pipeline.models.stage2 import Blip2Stage2
-    from pipeline.models.tiny import pretrain_vision
 
     syn = SyntheticConfig(num_samples=400, samples_per_shard=100, image_size=64, noise_fraction=0.3)
     generate(syn, str(tmp_path / "raw"))
@@ -67,7 +66,7 @@ def test_capfilt_flags_noisy_captions_better_than_chance(tmp_path, tiny_zoo):
                 for r in pq.read_table(io.BytesIO(storage.read_bytes(u))).to_pylist()]
         return summary, rows
 
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     try:
         s1, rows = prep("scored")
         assert s1["read"] == 400 == s1["kept"] + s1["filtered"] + s1["rejected"]

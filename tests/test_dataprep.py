@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from dataprep.synthetic import SyntheticConfig, generate
+from demo.synthetic import SyntheticConfig, generate
 from pipeline import storage
 from tests.procs import run_ok
 
@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def ray_local(moto_server):  # after moto sets the AWS env, which Ray workers inherit
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from jobs import demo
+from demo import run as demo
 
 FIELDS = ("retrieval_tr1", "retrieval_ir1", "retrieval_chance_r1", "capfilt_precision", "capfilt_recall",
           "retrieval_ir1_before_capfilt", "retrieval_ir1_after_capfilt", "caption_cider",

@@ -52,7 +52,7 @@ def _worker(rank, world, init_file, out_file):
         x_grad = x.grad.clone()
 
         # ITM hard negatives through the real model come from the whole global batch
-        from pipeline.models.presets import tiny_stage1
+        from demo.tiny_zoo import tiny_stage1
         from pipeline.models.stage1 import Blip2Stage1
 
         torch.manual_seed(0)

@@ -1,9 +1,9 @@
 import torch
 from transformers import Blip2ForConditionalGeneration, Blip2ForImageTextRetrieval
 
+from demo.tiny_zoo import tiny_stage1, tiny_stage2
 from jobs import export as export_job
 from pipeline.checkpoint import load_model, save_model
-from pipeline.models.presets import tiny_stage1, tiny_stage2
 from pipeline.models.stage1 import Blip2Stage1
 from pipeline.models.stage2 import Blip2Stage2
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
+from demo.tiny_zoo import tiny_stage1, tiny_stage2
 from pipeline.losses import itg_attention_mask, stage1_losses, stage2_losses
-from pipeline.models.presets import tiny_stage1, tiny_stage2
 from pipeline.models.stage1 import Blip2Stage1
 from pipeline.models.stage2 import Blip2Stage2
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from demo.tiny_zoo import tiny_stage1, tiny_stage2
 from pipeline.losses import stage1_losses, stage2_losses
-from pipeline.models.presets import tiny_stage1, tiny_stage2
 from pipeline.models.stage1 import Blip2Stage1
 from pipeline.models.stage2 import Blip2Stage2
 
@@ -50,7 +50,7 @@ def test_stage1_overfits_32_pairs(tiny_zoo, synthetic_batch):
 
 @pytest.mark.slow
 def test_stage2_overfits_32_pairs_both_llm_kinds(tiny_zoo, synthetic_batch, tmp_path):
-    from pipeline.models.tiny import pretrain_llm
+    from demo.tiny_zoo import pretrain_llm
 
     x, caps = synthetic_batch
     for llm in ("opt", "t5"):

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from dataprep.synthetic import COLOURS, SHAPES, SyntheticConfig, generate
+from demo.synthetic import COLOURS, SHAPES, SyntheticConfig, generate
 from pipeline import storage
 
 
@@ -99,7 +99,7 @@ def test_ray_reads_webdataset_shards(tmp_path):
     import ray
 
     generate(SyntheticConfig(num_samples=30, samples_per_shard=10, image_size=32), str(tmp_path))
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
     try:
         rows = ray.data.read_webdataset(str(tmp_path), decoder=None).take_all()
     finally:

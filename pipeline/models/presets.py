@@ -1,4 +1,4 @@
-"""Model presets: ``tiny`` (CPU tests, demo) and the paper's models, with trainable/total parameter counts.
+"""Model presets: the paper's models, with trainable/total parameter counts.
 
     python -m pipeline.models.presets          # prints the paper presets' counts (built on the meta device)
 """
@@ -92,26 +92,3 @@ if __name__ == "__main__":
     main()
 
 
-def tiny_qformer(zoo: dict[str, str], **overrides) -> QFormerConfig:
-    """The ``tiny`` Q-Former over the tiny zoo (:func:`pipeline.models.tiny.build_tiny_zoo`)."""
-    base = dict(tokenizer=zoo["bert"], bert_init=zoo["bert"], num_query_tokens=8, hidden_size=32, num_layers=2,
-                num_heads=2, intermediate_size=64, embed_dim=16, max_txt_len=16, max_position_embeddings=64,
-                dropout=0.1)
-    return QFormerConfig(**{**base, **overrides})
-
-
-def tiny_stage1(zoo: dict[str, str], **overrides):
-    from pipeline.models.stage1 import Stage1ModelConfig
-    from pipeline.models.vision import VisionConfig
-
-    return Stage1ModelConfig(vision=VisionConfig(name_or_path=zoo["vision"], dtype="fp32"),
-                             qformer=tiny_qformer(zoo, **overrides))
-
-
-def tiny_stage2(zoo: dict[str, str], llm: str = "opt", **overrides):
-    from pipeline.models.stage2 import LLMConfig, Stage2ModelConfig
-    from pipeline.models.vision import VisionConfig
-
-    return Stage2ModelConfig(vision=VisionConfig(name_or_path=zoo["vision"], dtype="fp32"),
-                             qformer=tiny_qformer(zoo, bert_init=None, **overrides),
-                             llm=LLMConfig(name_or_path=zoo[llm], dtype="fp32"), max_txt_len=16)

@@ -20,7 +20,8 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
-from dataprep.synthetic import COLOURS, NUMBERS, POSITION_PHRASES, SHAPE_SYNONYMS, SIZE_SYNONYMS
+from demo.synthetic import COLOURS, NUMBERS, POSITION_PHRASES, SHAPE_SYNONYMS, SIZE_SYNONYMS
+from pipeline.models.qformer import QFormerConfig
 
 EXTRA_ROWS = 8  # LLM embeddings get spare rows (like OPT-2.7B's 50272 vs 50265) so <image> fits on export
 
@@ -191,7 +192,7 @@ def pretrain_vision(samples: list[dict], out: str, image_size: int = 64, patch: 
     import torch
     import torch.nn.functional as F
 
-    from dataprep.synthetic import COLOURS, SHAPES
+    from demo.synthetic import COLOURS, SHAPES
     from pipeline.images import to_pixel_values
 
     torch.manual_seed(seed)
@@ -231,7 +232,35 @@ def pretrain_vision(samples: list[dict], out: str, image_size: int = 64, patch: 
             "count": float((ln.argmax(-1) == y_num[idx]).float().mean()), "held_out": len(idx)}
 
 
-if __name__ == "__main__":  # python -m pipeline.models.tiny --out outputs/zoo  (what configs/*_tiny.yaml point at)
+# The tiny Q-Former recipe (tests, benches, configs/stage1_tiny.yaml): written here once.
+TINY_QFORMER = dict(num_query_tokens=8, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, embed_dim=16,
+                    max_txt_len=16, max_position_embeddings=64, dropout=0.1)
+
+
+def tiny_qformer(zoo: dict[str, str], **overrides) -> QFormerConfig:
+    """The ``tiny`` Q-Former over the tiny zoo (:func:`build_tiny_zoo`)."""
+    base = dict(tokenizer=zoo["bert"], bert_init=zoo["bert"], **TINY_QFORMER)
+    return QFormerConfig(**{**base, **overrides})
+
+
+def tiny_stage1(zoo: dict[str, str], **overrides):
+    from pipeline.models.stage1 import Stage1ModelConfig
+    from pipeline.models.vision import VisionConfig
+
+    return Stage1ModelConfig(vision=VisionConfig(name_or_path=zoo["vision"], dtype="fp32"),
+                             qformer=tiny_qformer(zoo, **overrides))
+
+
+def tiny_stage2(zoo: dict[str, str], llm: str = "opt", **overrides):
+    from pipeline.models.stage2 import LLMConfig, Stage2ModelConfig
+    from pipeline.models.vision import VisionConfig
+
+    return Stage2ModelConfig(vision=VisionConfig(name_or_path=zoo["vision"], dtype="fp32"),
+                             qformer=tiny_qformer(zoo, bert_init=None, **overrides),
+                             llm=LLMConfig(name_or_path=zoo[llm], dtype="fp32"), max_txt_len=16)
+
+
+if __name__ == "__main__":  # python -m demo.tiny_zoo --out outputs/zoo  (what configs/*_tiny.yaml point at)
     import argparse
 
     ap = argparse.ArgumentParser(description="write the tiny model zoo")

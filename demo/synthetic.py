@@ -5,7 +5,7 @@ come from templates with synonyms; the ground-truth attributes, question/answer 
 are in each sample's JSON. Everything is a pure function of (seed, split, index), so the same seed
 gives byte-identical shards whatever the number of processes.
 
-    python -m dataprep.synthetic --out DIR_OR_S3 --num-samples 10000 --seed 0 --noise-fraction 0.3
+    python -m demo.synthetic --out DIR_OR_S3 --num-samples 10000 --seed 0 --noise-fraction 0.3
 """
 
 from __future__ import annotations
@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
                           noise_fraction=a.noise_fraction, num_test=a.num_test,
                           num_compositional=a.num_compositional, samples_per_shard=a.samples_per_shard,
                           format=a.format, workers=a.workers)
-    from pipeline.config import StorageConfig
+    from pipeline.storage import StorageConfig
 
     t0 = time.time()
     uris = generate(cfg, a.out, StorageConfig(endpoint_url=a.endpoint_url))
