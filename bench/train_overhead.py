@@ -87,7 +87,7 @@ def main() -> None:
         # Ray Train + DeepSpeed, 1 worker
         from pipeline.train import fit
 
-        fit(cfg, stage=1)
+        fit(cfg, "stage1")
         rows = [json.loads(x) for x in open(f"{d}/runs/bench/metrics.jsonl").read().splitlines() if x]
         ray_sps = 1 / statistics.mean(a.batch / r["samples_per_s"] for r in rows[warm:])
         wait = statistics.mean(r["data_wait_frac"] for r in rows[warm:])

@@ -41,11 +41,10 @@ def _evaluate(out_json: str, **kv) -> dict:
 
 
 def _export(checkpoint: str, out: str) -> None:
-    from pipeline.checkpoint import load_model
-    from pipeline.models.export import export_stage1, export_stage2
+    from pipeline.stages import load_model
 
     stage, model = load_model(checkpoint)
-    (export_stage1 if stage == 1 else export_stage2)(model.eval(), out)
+    stage.export(model.eval(), out)
 
 
 def _parquet_rows(uri: str) -> list[dict]:
@@ -145,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = merge(Stage1JobConfig, common, {"model": {"vision": vision, "qformer": qf}, "data": {"uri": data_uri},
                                               "train": {"run_name": run, "max_steps": s1_steps,
                                                         "checkpoint_every": s1_steps}})
-        fit(cfg, 1)
+        fit(cfg, "stage1")
         return json.load(open(os.path.join(out, "runs", run, "latest.json")))["uri"]
 
     def retrieval(ckpt):
@@ -184,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
                   "max_txt_len": 24},
         "init_from": ck_clean, "data": {"uri": os.path.join(out, "data", "filtered")},
         "train": {"run_name": "stage2", "max_steps": s2_steps, "checkpoint_every": s2_steps}})
-    fit(cfg2, 2)
+    fit(cfg2, "stage2")
     ck_s2 = json.load(open(os.path.join(out, "runs", "stage2", "latest.json")))["uri"]
 
     stage("8/8 evaluation on the held-out split, exports")

@@ -38,15 +38,27 @@ def corpus() -> list[str]:
 
 
 def train_bert_tokenizer(out: str, texts: list[str] | None = None, vocab_size: int = 400):
+    """A WordPiece tokenizer whose vocabulary is every word of ``texts`` (most frequent first, then
+    alphabetical) plus every character and its ``##`` continuation, so that any text still tokenizes.
+
+    Built, not trained: ``tokenizers``' WordPiece trainer breaks ties between equally frequent merges in hash
+    order, so it gave another vocabulary (other token ids) in each process, and the same seed another demo.
+    """
+    import string
+    from collections import Counter
+
     from transformers import BertTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
+    normalizer, pre = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words = Counter(w for t in (texts or corpus()) for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(t)))
+    chars = sorted({c for w in words for c in w} | set(string.ascii_lowercase + string.digits + string.punctuation))
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(texts or corpus(), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    base = specials + chars + [f"##{c}" for c in chars]
+    ranked = [w for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])) if w not in set(base)]
+    vocab = {t: i for i, t in enumerate(base + ranked[:max(0, vocab_size - len(base))])}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre, decoders.WordPiece()
+    cls, sep = vocab["[CLS]"], vocab["[SEP]"]
     tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
                                                        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
     fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",

@@ -43,8 +43,9 @@ class EvalConfig:
 
 def load_any(uri: str, stage: int):
     """A model from a checkpoint (COMPLETE marker) or an exported transformers folder."""
-    from pipeline.checkpoint import is_complete, load_model
+    from pipeline.checkpoint import is_complete
     from pipeline.models.export import stage1_from_hf, stage2_from_hf
+    from pipeline.stages import load_model
 
     if storage.exists(storage.join(uri, "COMPLETE")) and is_complete(uri):
         return load_model(uri)[1].eval()

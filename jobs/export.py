@@ -16,8 +16,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline import storage  # noqa: E402
-from pipeline.checkpoint import load_model  # noqa: E402
-from pipeline.models.export import export_stage1, export_stage2  # noqa: E402
+from pipeline.stages import load_model  # noqa: E402
 from pipeline.storage import StorageConfig  # noqa: E402
 
 
@@ -31,15 +30,13 @@ def main(argv: list[str] | None = None) -> str:
     storage.set_default(scfg)
     stage, model = load_model(a.checkpoint, scfg)
     model.eval()
-    export = export_stage1 if stage == 1 else export_stage2
     if storage.is_s3(a.out):
         with tempfile.TemporaryDirectory() as d:
-            export(model, d)
+            stage.export(model, d)
             storage.upload_dir(d, a.out, scfg)
     else:
-        export(model, a.out)
-    kind = "Blip2ForImageTextRetrieval" if stage == 1 else "Blip2ForConditionalGeneration"
-    print(f"exported stage-{stage} checkpoint {a.checkpoint} -> {a.out} ({kind})")
+        stage.export(model, a.out)
+    print(f"exported {stage.name} checkpoint {a.checkpoint} -> {a.out} ({stage.hf_class})")
     return a.out
 
 

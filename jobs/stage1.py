@@ -20,7 +20,7 @@ from pipeline.train_config import Stage1JobConfig  # noqa: E402
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(Stage1JobConfig, argv, description=__doc__.splitlines()[0])
-    metrics = fit(cfg, stage=1)
+    metrics = fit(cfg, "stage1")
     print(f"stage 1 finished: {metrics}")
     return metrics
 

@@ -21,7 +21,7 @@ from pipeline.train_config import Stage2JobConfig  # noqa: E402
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(Stage2JobConfig, argv, description=__doc__.splitlines()[0])
-    metrics = fit(cfg, stage=2)
+    metrics = fit(cfg, "stage2")
     print(f"stage 2 finished: {metrics}")
     return metrics
 

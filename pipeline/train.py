@@ -14,6 +14,8 @@ import os
 import random
 import tempfile
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -21,27 +23,10 @@ import torch.distributed as dist
 from pipeline import checkpoint as ckpt
 from pipeline import data as D
 from pipeline import storage
-from pipeline.losses import stage1_losses, stage2_losses
+from pipeline.config import merge
 from pipeline.optim import lr_lambda, param_groups
 from pipeline.run_log import RunLog, load_rows
-
-
-def build_model(cfg, stage: int):
-    if stage == 1:
-        from pipeline.models.stage1 import Blip2Stage1
-
-        return Blip2Stage1(cfg.model)
-    from pipeline.models.stage2 import Blip2Stage2
-
-    if cfg.init_from_hf:
-        from pipeline.models.export import stage2_from_hf
-
-        return stage2_from_hf(cfg.init_from_hf, vision_dtype=cfg.model.vision.dtype, llm_dtype=cfg.model.llm.dtype,
-                              prompt=cfg.model.prompt, max_txt_len=cfg.model.max_txt_len)
-    model = Blip2Stage2(cfg.model)
-    if cfg.init_from:
-        model.load_stage1(ckpt.load_state(cfg.init_from))
-    return model
+from pipeline.stages import Stage, get_stage
 
 
 def deepspeed_config(cfg) -> dict:
@@ -74,14 +59,7 @@ def _set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def _model_inputs(model, stage: int, batch: dict, device, rng: random.Random) -> dict:
-    pix = batch["pixel_values"].to(device)
-    if stage == 1:
-        return {"pixel_values": pix, **model.tokenize(batch["caption"], device=device)}
-    return {"pixel_values": pix, **model.tokenize(batch["caption"], rng=rng, device=device)}
-
-
-def save_checkpoint(engine, model, stage: int, cfg, run_uri: str, step: int, epoch_state: dict) -> str:
+def save_checkpoint(engine, model, stage: Stage, cfg, run_uri: str, step: int, epoch_state: dict) -> str:
     rank = dist.get_rank()
     tag = f"step_{step:08d}"
     uri = storage.join(run_uri, "checkpoints", tag)
@@ -92,7 +70,7 @@ def save_checkpoint(engine, model, stage: int, cfg, run_uri: str, step: int, epo
         storage.upload_dir(os.path.join(d, tag), uri)
     dist.barrier()  # every rank's files are in storage
     if rank == 0:
-        ckpt.save_model(model, stage, uri)  # model.yaml, trainable weights (for export / stage 2), COMPLETE
+        ckpt.save_model(model, stage.name, uri)  # model.yaml, trainable weights (for export / stage 2), COMPLETE
         storage.write_text(storage.join(run_uri, "latest.json"), json.dumps({"tag": tag, "step": step, "uri": uri}))
         tags = sorted(u.rsplit("/", 1)[-1] for u in storage.listdir(storage.join(run_uri, "checkpoints")))
         for old in tags[:-cfg.train.num_to_keep] if cfg.train.num_to_keep > 0 else []:
@@ -123,99 +101,128 @@ def load_checkpoint(engine, latest: dict) -> dict:
     return client
 
 
-def train_loop_per_worker(config: dict) -> None:
+@dataclass
+class Worker:
+    """One training worker's state: what setup builds and the step and bookkeeping use."""
+
+    stage: Stage
+    cfg: Any
+    engine: Any
+    sched: Any
+    rank: int
+    world: int
+    run_uri: str
+    step: int = 0
+    log: RunLog | None = None
+    pending_keys: list = field(default_factory=list)  # this rank's sample keys per step since the last checkpoint
+    window: list = field(default_factory=list)  # metrics since the last ray.train.report
+
+
+def setup(config: dict) -> Worker:
+    """Seeds, the model under DeepSpeed, and the resume point (the latest complete checkpoint, if any)."""
     import deepspeed
     import ray.train
     from omegaconf import OmegaConf
 
-    from pipeline.config import merge
-    from pipeline.train_config import Stage1JobConfig, Stage2JobConfig
-
-    stage = config["stage"]
-    cfg = merge(Stage1JobConfig if stage == 1 else Stage2JobConfig, OmegaConf.create(config["cfg"]))
+    stage = get_stage(config["stage"])
+    cfg = merge(stage.job_config(), OmegaConf.create(config["cfg"]))
     storage.set_default(cfg.storage)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     t = cfg.train
     torch.manual_seed(t.seed + rank)
     random.seed(t.seed + rank)
-    run_uri = storage.join(t.storage_path, t.run_name)
-
-    model = build_model(cfg, stage)
+    model = stage.build(cfg)
     opt = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, cfg.optim.warmup_steps, t.max_steps,
                                                                        cfg.optim.lr, cfg.optim.min_lr))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
                                            config=deepspeed_config(cfg), dist_init_required=False)
+    w = Worker(stage, cfg, engine, sched, rank, world, storage.join(t.storage_path, t.run_name))
     if rank == 0:
-        print(f"[train] {world} worker(s), {torch.get_num_threads()} torch threads each, device {engine.device}",
-              flush=True)
-    step = 0
-    latest = latest_checkpoint(run_uri)
+        print(f"[train] {stage.name}: {world} worker(s), {torch.get_num_threads()} torch threads each, "
+              f"device {engine.device}", flush=True)
+    latest = latest_checkpoint(w.run_uri)
     if latest:
-        client = load_checkpoint(engine, latest)
-        step = int(client["step"])
+        w.step = int(load_checkpoint(engine, latest)["step"])
         if rank == 0:
-            print(f"[train] resumed from {latest['uri']} at step {step}", flush=True)
+            print(f"[train] resumed from {latest['uri']} at step {w.step}", flush=True)
+    w.log = RunLog(w.run_uri, w.step) if rank == 0 else None
+    return w
 
-    files = D.index(cfg.data.uri)
-    per_epoch = D.steps_per_epoch(files, t.batch_size * t.grad_accum, world)
+
+def train_step(w: Worker, micro_batches, text_rng: random.Random) -> tuple[dict, dict, float]:
+    """One optimizer step over ``grad_accum`` micro-batches: (last losses, last batch, seconds waiting for data)."""
+    t, wait, micro = w.cfg.train, 0.0, 0
+    for batch in micro_batches:
+        wait += batch.pop("_wait")
+        text_rng.seed(hash((t.seed, w.rank, w.step, micro)) & 0xFFFFFFFF)
+        out = w.engine(**w.stage.inputs(w.engine.module, batch, w.engine.device, text_rng))
+        losses = w.stage.losses(out)
+        w.engine.backward(losses["loss"])
+        w.engine.step()
+        micro += 1
+        if micro == t.grad_accum:
+            return losses, batch, wait
+    raise StopIteration
+
+
+def bookkeeping(w: Worker, m: dict, keys: list[str], epoch: int) -> None:
+    """Log, report to Ray Train and checkpoint, each at its own interval."""
+    import ray.train
+
+    t = w.cfg.train
+    w.window.append(m)
+    w.pending_keys.append(keys)
+    if w.log:
+        w.log.append(m)
+        if w.step % t.log_every == 0 or w.step == t.max_steps:
+            print(f"[train] step {w.step}/{t.max_steps} loss {m['loss']:.4f} lr {m['lr']:.2e} "
+                  f"{m['samples_per_s']:.1f} samples/s wait {m['data_wait_frac']:.2f}", flush=True)
+    if w.step % t.report_every == 0 or w.step == t.max_steps:
+        ray.train.report(_window_means(w.window))
+        w.window = []
+    if w.step % t.checkpoint_every == 0 or w.step == t.max_steps:
+        _attach_keys(w.log.rows if w.log else [], w.pending_keys, w.world, w.rank)  # one gather per checkpoint
+        w.pending_keys = []
+        # Metrics first: once latest.json names this step, its rows must already be in storage (a node lost
+        # between the two would otherwise resume without them; seen in the node-preemption test).
+        if w.log:
+            w.log.flush()
+        save_checkpoint(w.engine, w.engine.module, w.stage, w.cfg, w.run_uri, w.step, {"epoch": epoch})
+
+
+def train_loop_per_worker(config: dict) -> None:
+    w = setup(config)
+    t, data = w.cfg.train, w.cfg.data
+    files = D.index(data.uri)
+    global_batch = t.batch_size * t.grad_accum * w.world
+    per_epoch = D.steps_per_epoch(files, t.batch_size * t.grad_accum, w.world)
     if per_epoch == 0:
-        raise ValueError(f"data.uri {cfg.data.uri!r}: fewer samples than one global batch "
-                         f"({t.batch_size * t.grad_accum * world})")
-    losses_fn = stage1_losses if stage == 1 else stage2_losses
-    log = RunLog(run_uri, step) if rank == 0 else None
-    device = engine.device
-    text_rng = random.Random(t.seed + rank)
-    pending_keys: list[list[str]] = []  # this rank's sample keys per step since the last checkpoint
-    window: list[dict] = []  # metrics since the last ray.train.report
-    while step < t.max_steps:
-        epoch, in_epoch = divmod(step, per_epoch)
-        batches = D.rank_batches(files, cfg.data, t.seed, t.batch_size, world, rank, epoch,
-                                 in_epoch * t.grad_accum)
-        t_wait, t_prev = 0.0, time.time()  # step time = wall clock between steps: data, compute, report, checkpoint
-        micro = 0
-        for batch in _timed(batches):
-            t_wait += batch.pop("_wait")
-            text_rng.seed(hash((t.seed, rank, step, micro)) & 0xFFFFFFFF)
-            out = engine(**_model_inputs(engine.module, stage, batch, device, text_rng))
-            losses = losses_fn(out)
-            engine.backward(losses["loss"])
-            engine.step()
-            micro += 1
-            if micro % t.grad_accum:
-                continue
-            step += 1
+        raise ValueError(f"data.uri {data.uri!r}: fewer samples than one global batch ({global_batch})")
+    text_rng = random.Random(t.seed + w.rank)
+    while w.step < t.max_steps:
+        epoch, in_epoch = divmod(w.step, per_epoch)
+        batches = _timed(D.rank_batches(files, data, t.seed, t.batch_size, w.world, w.rank, epoch,
+                                        in_epoch * t.grad_accum))
+        t_prev = time.time()  # step time = wall clock between steps: data, compute, report, checkpoint
+        while w.step < t.max_steps:
+            try:
+                losses, batch, wait = train_step(w, batches, text_rng)
+            except StopIteration:
+                break
+            w.step += 1
             now = time.time()
             dt, t_prev = max(now - t_prev, 1e-9), now
-            m = {"step": step, "epoch": epoch, **{k: float(v) for k, v in losses.items()},
-                 "lr": sched.get_last_lr()[0], "grad_norm": float(engine.get_global_grad_norm() or 0.0),
-                 "samples_per_s": t.batch_size * t.grad_accum * world / dt, "data_wait_frac": t_wait / dt,
-                 "keys": batch["key"]}
-            t_wait = 0.0
-            window.append(m)
-            if rank == 0:
-                log.append(m)
-                if step % t.log_every == 0 or step == t.max_steps:
-                    print(f"[train] step {step}/{t.max_steps} loss {m['loss']:.4f} lr {m['lr']:.2e} "
-                          f"{m['samples_per_s']:.1f} samples/s wait {m['data_wait_frac']:.2f}", flush=True)
-            pending_keys.append(batch["key"])
-            if step % t.report_every == 0 or step == t.max_steps:
-                ray.train.report(_window_means(window))
-                window = []
-            if step % t.checkpoint_every == 0 or step == t.max_steps:
-                _attach_keys(log.rows if log else [], pending_keys, world, rank)  # one gather per checkpoint
-                pending_keys = []
-                # Metrics first: once latest.json names this step, its rows must already be in storage (a node
-                # lost between the two would otherwise resume without them; seen in the node-preemption test).
-                if log:
-                    log.flush()
-                save_checkpoint(engine, engine.module, stage, cfg, run_uri, step, {"epoch": epoch})
-            if step >= t.max_steps or step % per_epoch == 0:
+            m = {"step": w.step, "epoch": epoch, **{k: float(v) for k, v in losses.items()},
+                 "lr": w.sched.get_last_lr()[0], "grad_norm": float(w.engine.get_global_grad_norm() or 0.0),
+                 "samples_per_s": global_batch / dt, "data_wait_frac": wait / dt}
+            bookkeeping(w, m, batch["key"], epoch)
+            if w.step % per_epoch == 0:
                 break
-    if log:
-        log.flush(plot=True)
-        log.close()
+    if w.log:
+        w.log.flush(plot=True)
+        w.log.close()
 
 
 def _window_means(rows: list[dict]) -> dict:
@@ -248,8 +255,8 @@ def _timed(it):
         yield item
 
 
-def fit(cfg, stage: int) -> dict:
-    """Driver side: run the training loop on a Ray Train worker group; returns the last metrics."""
+def fit(cfg, stage: str | Stage) -> dict:
+    """Driver side: run the training loop of ``stage`` on a Ray Train worker group; returns the last metrics."""
     import ray
     import ray.train
     from omegaconf import OmegaConf
@@ -271,7 +278,7 @@ def fit(cfg, stage: int) -> dict:
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"stage": stage, "cfg": OmegaConf.to_container(cfg, resolve=True)},
+        train_loop_config={"stage": get_stage(stage).name if not isinstance(stage, Stage) else stage.name, "cfg": OmegaConf.to_container(cfg, resolve=True)},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),

@@ -3,6 +3,7 @@
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -11,14 +12,14 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import _free_port
-from tests.procs import run_ok
+from tests.procs import ray_head, run_ok
 from tests.test_train import REFERENCE_RUN, tiny_args
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
-ENV = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "RAY_AUTH_MODE": "token"}
+ENV = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "RAY_AUTH_MODE": "token",
+       "RAY_AUTH_TOKEN": secrets.token_hex(16)}  # this test's clusters' token, in its environment only
 # one training worker per node: 1.5 of a node's 2 CPUs, the rest for its Ray Data decode tasks
 PER_NODE = {"train.cpus_per_worker": 1.5, "data.decode_num_cpus": 0.25}
 
@@ -50,16 +51,20 @@ def test_autoscaler_adds_worker_nodes_for_a_job(tiny_zoo, prepped, tmp_path):  #
     cfg_path = tmp_path / "fake.yaml"
     cfg_path.write_text(json.dumps(config))
     env = {**ENV, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
-    ray_bin = os.path.join(BIN, "ray")
-    run_ok([ray_bin, "start", "--head", f"--autoscaling-config={cfg_path}", "--num-cpus=0",
-            "--include-dashboard=false", "--disable-usage-stats"], env=env)
+    with ray_head(BIN, env, f"--autoscaling-config={cfg_path}", "--num-cpus=0",
+                  "--include-dashboard=false") as (address, _, _):
+        _autoscale(ray, address, env, tiny_zoo, prepped, tmp_path)
+
+
+def _autoscale(ray, address, env, tiny_zoo, prepped, tmp_path):
+    os.environ["RAY_AUTH_TOKEN"] = env["RAY_AUTH_TOKEN"]  # this driver's connection, as the job's
     try:
-        ray.init("auto", log_to_driver=False)
+        ray.init(address, log_to_driver=False)
         assert len(_alive_nodes()) == 1
         t0 = time.time()
         # as a separate driver, like a submitted job: when it exits its actors go, and the nodes become idle
         r = subprocess.run([sys.executable, "jobs/stage1.py", *tiny_args(
-            tiny_zoo, prepped, str(tmp_path), "autoscale", **{"train.max_steps": 3, "train.ray_address": "auto",
+            tiny_zoo, prepped, str(tmp_path), "autoscale", **{"train.max_steps": 3, "train.ray_address": address,
                                                               **PER_NODE})], cwd=ROOT, env=env, capture_output=True,
             text=True)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -74,7 +79,7 @@ def test_autoscaler_adds_worker_nodes_for_a_job(tiny_zoo, prepped, tmp_path):  #
         assert left == 0, "idle worker nodes were not removed"
     finally:
         ray.shutdown()
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True)
+        os.environ.pop("RAY_AUTH_TOKEN", None)
 
 
 def _start_node(address, tag):
@@ -94,55 +99,52 @@ def _node_processes(tag):
 
 
 def test_node_preemption_resumes_from_latest_checkpoint(tiny_zoo, prepped, reference_run, tmp_path):
-    ray_bin = os.path.join(BIN, "ray")
-    port = _free_port()
-    run_ok([ray_bin, "start", "--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false",
-            "--disable-usage-stats"], env=ENV)
-    address = f"127.0.0.1:{port}"
-    try:
-        _start_node(address, "node_a")
-        _start_node(address, "node_b")
-        # Same run as the reference (one node), spread over two nodes: the losses must match it all the same.
-        over = {**REFERENCE_RUN, "train.max_failures": 3, "train.ray_address": address, **PER_NODE}
-        cmd = [sys.executable, "jobs/stage1.py"]
-        proc = subprocess.Popen(cmd + tiny_args(tiny_zoo, prepped, str(tmp_path), "spot", **over), cwd=ROOT,
-                                env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        lines: list[str] = []
-        import threading
+    with ray_head(BIN, ENV, "--num-cpus=0", "--include-dashboard=false") as (address, _, _):
+        _preempt_a_node(address, tiny_zoo, prepped, reference_run, tmp_path)
 
-        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
-        reader.start()
-        latest = tmp_path / "spot" / "latest.json"
-        while not (latest.exists() and json.load(open(latest))["step"] >= 4):
-            assert proc.poll() is None, "".join(lines)[-3000:]
-            time.sleep(0.2)
-        victims = _node_processes("node_b")
-        assert victims
-        ckpt_step = json.load(open(latest))["step"]
-        t_kill = time.time()
-        for p in victims:  # a spot reclaim: the whole node disappears at once
-            try:
-                p.send_signal(signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
-        done_before_kill = max([int(x.split("[train] step ")[1].split("/")[0]) for x in lines if "[train] step " in x]
-                               or [ckpt_step])
-        _start_node(address, "node_c")  # the replacement node
-        proc.wait(timeout=900)
-        reader.join(10)
-        out = "".join(lines)
-        assert proc.returncode == 0, out[-3000:]
-        resumed = [line for line in out.splitlines() if "resumed from" in line]
-        assert resumed, out[-3000:]
-        resumed_at = int(resumed[0].rsplit("at step", 1)[1])
-        steps_lost = done_before_kill - resumed_at
-        print(f"node preemption: {steps_lost} steps lost (done {done_before_kill}, resumed at {resumed_at}), "
-              f"recovered and finished {time.time() - t_kill:.1f}s after the kill")
-        assert resumed_at >= ckpt_step and steps_lost <= 4
-        ref = [json.loads(x) for x in open(f"{reference_run}/metrics.jsonl")]
-        got = [json.loads(x) for x in open(tmp_path / "spot" / "metrics.jsonl")]
-        assert [x["step"] for x in got] == list(range(1, 17))
-        for a, b in zip(ref, got):
-            assert abs(a["loss"] - b["loss"]) <= 1e-6 and a["keys"] == b["keys"], a["step"]
-    finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=ENV, capture_output=True)
+
+def _preempt_a_node(address, tiny_zoo, prepped, reference_run, tmp_path):
+    _start_node(address, "node_a")
+    _start_node(address, "node_b")
+    # Same run as the reference (one node), spread over two nodes: the losses must match it all the same.
+    over = {**REFERENCE_RUN, "train.max_failures": 3, "train.ray_address": address, **PER_NODE}
+    cmd = [sys.executable, "jobs/stage1.py"]
+    proc = subprocess.Popen(cmd + tiny_args(tiny_zoo, prepped, str(tmp_path), "spot", **over), cwd=ROOT,
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    import threading
+
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    latest = tmp_path / "spot" / "latest.json"
+    while not (latest.exists() and json.load(open(latest))["step"] >= 4):
+        assert proc.poll() is None, "".join(lines)[-3000:]
+        time.sleep(0.2)
+    victims = _node_processes("node_b")
+    assert victims
+    ckpt_step = json.load(open(latest))["step"]
+    t_kill = time.time()
+    for p in victims:  # a spot reclaim: the whole node disappears at once
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    done_before_kill = max([int(x.split("[train] step ")[1].split("/")[0]) for x in lines if "[train] step " in x]
+                           or [ckpt_step])
+    _start_node(address, "node_c")  # the replacement node
+    proc.wait(timeout=900)
+    reader.join(10)
+    out = "".join(lines)
+    assert proc.returncode == 0, out[-3000:]
+    resumed = [line for line in out.splitlines() if "resumed from" in line]
+    assert resumed, out[-3000:]
+    resumed_at = int(resumed[0].rsplit("at step", 1)[1])
+    steps_lost = done_before_kill - resumed_at
+    print(f"node preemption: {steps_lost} steps lost (done {done_before_kill}, resumed at {resumed_at}), "
+          f"recovered and finished {time.time() - t_kill:.1f}s after the kill")
+    assert resumed_at >= ckpt_step and steps_lost <= 4
+    ref = [json.loads(x) for x in open(f"{reference_run}/metrics.jsonl")]
+    got = [json.loads(x) for x in open(tmp_path / "spot" / "metrics.jsonl")]
+    assert [x["step"] for x in got] == list(range(1, 17))
+    for a, b in zip(ref, got):
+        assert abs(a["loss"] - b["loss"]) <= 1e-6 and a["keys"] == b["keys"], a["step"]

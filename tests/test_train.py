@@ -10,6 +10,8 @@ import time
 import psutil
 import pytest
 
+from demo.tiny_zoo import TINY_QFORMER
+
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,13 +24,12 @@ def tiny_args(zoo, data, storage_path, run, **over):
     args = {
         "model.vision.name_or_path": zoo["vision"], "model.vision.dtype": "fp32",
         "model.qformer.tokenizer": zoo["bert"], "model.qformer.bert_init": zoo["bert"],
-        "model.qformer.num_query_tokens": 8, "model.qformer.hidden_size": 32, "model.qformer.num_layers": 2,
-        "model.qformer.num_heads": 2, "model.qformer.intermediate_size": 64, "model.qformer.embed_dim": 16,
-        "model.qformer.max_txt_len": 16, "model.qformer.max_position_embeddings": 64,
+        **{f"model.qformer.{k}": v for k, v in TINY_QFORMER.items()},
         "data.uri": data, "data.image_size": 32, "train.batch_size": 8, "train.num_workers": 2,
         "train.cpus_per_worker": 0.5, "train.zero_stage": 2, "train.log_every": 1, "optim.warmup_steps": 2,
         "optim.lr": 1e-3, "train.storage_path": storage_path, "train.run_name": run, "train.max_steps": 6,
-        "train.checkpoint_every": 3, **over}
+        "train.checkpoint_every": 3,
+        "train.ray_address": "local", **over}  # local: a Ray of the test's own, whatever else runs here
     return [f"{k}={v}" for k, v in args.items()]
 
 
