@@ -9,10 +9,19 @@ from pipeline.storage import StorageConfig
 
 @dataclass
 class SourceConfig:
-    format: str = "auto"  # auto | webdataset | parquet (auto: by file extension)
-    image_column: str = "jpg"  # Parquet columns
+    # auto | webdataset | parquet (auto: by file extension; a .parquet beside a same-named .tar is img2dataset's
+    # metadata of that tar, never a shard)
+    format: str = "auto"
+    image_column: str = "jpg"  # Parquet columns (img2dataset's names)
     caption_column: str = "caption"
     key_column: str = "key"
+
+
+@dataclass
+class SinkConfig:
+    # Rows per Parquet row group of data/*.parquet: a training rank reads only the row groups of its span of a
+    # file, so a group is its unit of reading (1,000 rows of 384-px JPEGs: about 50 MB).
+    row_group_size: int = 1000
 
 
 @dataclass
@@ -68,6 +77,7 @@ class DataprepConfig:
     output: str = "???"
     source: SourceConfig = field(default_factory=SourceConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
+    sink: SinkConfig = field(default_factory=SinkConfig)
     capfilt: CapFiltConfig = field(default_factory=CapFiltConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     ray_address: str | None = None  # None: connect to RAY_ADDRESS or start a local Ray

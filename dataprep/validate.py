@@ -1,7 +1,8 @@
 """Decode and validate one record: reject what is broken, filter what is too small or too elongated,
 clean the caption (reference ``blip_caption``), and re-encode the image at a fixed shorter side.
 
-Returns a dict with ``status`` in {"ok", "rejected", "filtered"} and a ``reason``; it never raises.
+Returns a dict with ``status`` in {"ok", "rejected", "filtered"} and a ``reason``; it never raises. A URL
+img2dataset failed on comes back as "source_failed" with its error message as the reason.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def validate(rec: dict, cfg: ValidateConfig) -> dict:
     out = {"key": rec["key"], "source_shard": rec["source_shard"], "offset": rec["offset"], "meta": rec.get("meta") or "",
            "jpg": None, "width": 0, "height": 0, "orig_width": 0, "orig_height": 0, "web_caption": "",
            "status": "rejected", "reason": ""}
+    if isinstance(rec.get("source_failed"), str):  # img2dataset failed on this URL: not a sample, counted apart
+        return {**out, "status": "source_failed", "reason": rec["source_failed"]}
     image, caption = rec.get("image"), rec.get("caption")
     if image is None:
         return {**out, "reason": "missing_image"}
