@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 import ray
@@ -15,8 +16,8 @@ from omegaconf import OmegaConf
 
 from dataprep.capfilt import Captioner, CaptionFilter
 from dataprep.config import DataprepConfig
-from dataprep.sink import ShardSink, finished_shards, summarize
-from dataprep.sources import list_shards, read_shard, shard_name
+from dataprep.sink import ShardSink, finished_shards, summarize, write_output_manifest
+from dataprep.sources import count_samples, list_shards, read_shard, shard_name
 from dataprep.validate import validate
 from pipeline import storage
 from pipeline.config import save_config
@@ -39,7 +40,7 @@ def _process_shard(row: dict, cfg: DataprepConfig, names: dict[str, str]) -> dic
     storage.set_default(cfg.storage)
     shard = row["shard"]
     recs = read_shard(shard, cfg.source)
-    sink = ShardSink(cfg.output, {shard: len(recs)}, names)
+    sink = ShardSink(cfg.output, {shard: len(recs)}, names, cfg.sink.row_group_size)
     for r in recs:
         sink.add(_finish_row(validate(r, cfg.validate)))
     if not recs:  # an empty shard still gets its marker
@@ -97,7 +98,10 @@ def run(cfg: DataprepConfig) -> dict:
     save_config(cfg, storage.join(cfg.output, "config.yaml"))
     done = finished_shards(cfg.output)
     todo = [s for s in shards if s not in done]
-    print(f"dataprep: {len(shards)} shards, {len(done)} already done, {len(todo)} to do", flush=True)
+    with ThreadPoolExecutor(32) as pool:  # img2dataset's _stats.json: a small read per shard, no shard opened
+        counts = [n for n in pool.map(count_samples, todo) if n is not None]
+    about = f" ({sum(counts)} samples by img2dataset's _stats.json of {len(counts)})" if counts else ""
+    print(f"dataprep: {len(shards)} shards, {len(done)} already done, {len(todo)} to do{about}", flush=True)
     sink_stats: list[dict] = []
     if todo and not cfg.capfilt.enabled:
         # One operator: Ray Data's per-operator resource reservation only idles CPUs here (on 2 cores it ran one
@@ -115,7 +119,7 @@ def run(cfg: DataprepConfig) -> dict:
             ctx.op_resource_reservation_enabled = reservation
     elif todo:
         ds = build_dataset(cfg, todo)
-        sink = ShardSink(cfg.output, {}, names)
+        sink = ShardSink(cfg.output, {}, names, cfg.sink.row_group_size)
         n, last = 0, time.time()
         for batch in ds.iter_batches(batch_format="pandas", batch_size=256):
             for r in batch.to_dict("records"):
@@ -128,7 +132,9 @@ def run(cfg: DataprepConfig) -> dict:
         sink_stats = sink.done
         if sink.rows:
             raise RuntimeError(f"dataprep: shards {list(sink.rows)[:3]} ended incomplete")
-    summary = summarize(list(finished_shards(cfg.output).values()))
+    finished = list(finished_shards(cfg.output).values())
+    summary = summarize(finished)
+    write_output_manifest(cfg.output, finished)
     summary["wall_seconds"] = round(time.time() - t0, 2)
     summary["shards_this_run"] = len(sink_stats)
     summary["records_per_second"] = round(sum(s["read"] for s in sink_stats) / max(summary["wall_seconds"], 1e-9), 1)
