@@ -123,7 +123,7 @@ def _rows(out: str, sub: str) -> dict:
 
 
 @pytest.mark.slow
-def test_real_img2dataset_crawl_through_dataprep(crawled, tmp_path):
+def test_real_img2dataset_crawl_through_dataprep(crawled, tmp_path, capsys):
     import ray
 
     from jobs.dataprep import main
@@ -134,6 +134,7 @@ def test_real_img2dataset_crawl_through_dataprep(crawled, tmp_path):
             "sink.row_group_size=4", "ray_address=local"]
     try:
         summaries = {fmt: main([f"input={folder}", f"output={tmp_path / fmt}", *args]) for fmt, folder in folders.items()}
+        printed = capsys.readouterr().out
         data_before = {p: storage.read_bytes(p) for p in storage.glob(f"{tmp_path}/webdataset/data/*.parquet")}
         rerun = main([f"input={folders['webdataset']}", f"output={tmp_path / 'webdataset'}", *args])
     finally:
@@ -149,6 +150,8 @@ def test_real_img2dataset_crawl_through_dataprep(crawled, tmp_path):
     assert {k: s[k] for k in counts} == {k: summaries["parquet"][k] for k in counts}
     assert s["shards"] == 4 and s["read"] == len(ok) == s["kept"] + s["filtered"] + s["rejected"]
     assert s["source_failed"] == len(failed)
+    # counted up front from img2dataset's _stats.json, without reading a shard
+    assert printed.count(f"4 to do ({len(ok)} samples by img2dataset's _stats.json of 4)") == 2, printed
     want_failed = {}
     for msg in failed.values():
         want_failed[msg] = want_failed.get(msg, 0) + 1
