@@ -60,19 +60,32 @@ class Blip2Stage1(nn.Module):
         hidden = self.qformer.encode_multimodal(input_ids, attention_mask, image_embeds)
         return self.itm_head(hidden[:, : self.qformer.num_query]).mean(1)
 
+    def hard_negatives(self, image_embeds, input_ids, attention_mask, neg_img, neg_txt):
+        """The sampled negatives' image embeddings, text ids and masks, fetched from the ranks that own them.
+
+        Only those B rows travel (not the world's, as LAVIS's all_gather_with_grad does), in the dtype the
+        Q-Former computes in (it would cast them to that anyway, so the result is the same); the image rows keep
+        their gradient, which goes back to the owning rank's ``ln_vision``.
+        """
+        b = image_embeds.shape[0]
+        images = D.fetch_rows(image_embeds, D.plan_rows(neg_img, b), dtype=self.qformer.query_tokens.dtype)
+        text = D.fetch_rows(torch.cat([input_ids, attention_mask.to(input_ids.dtype)], 1), D.plan_rows(neg_txt, b))
+        ids, mask = text.split(input_ids.shape[1], 1)
+        return images, ids, mask.to(attention_mask.dtype)
+
     def forward(self, pixel_values, input_ids, attention_mask, generator: torch.Generator | None = None) -> dict:
         b = pixel_values.shape[0]
         image_embeds, image_feats = self.image_features(pixel_values)
         text_feat = self.text_features(input_ids, attention_mask)
 
-        # ITM: hard negatives from the global batch; negative images keep their gradient (all_gather_with_grad).
+        # ITM: one hard negative per sample, drawn from the global batch (reference sampling, unchanged).
         sim_i2t, sim_t2i = itc_similarities(image_feats, text_feat, self.temp)
         neg_img, neg_txt = sample_hard_negatives(sim_i2t.detach(), sim_t2i.detach(), generator)
-        image_embeds_world = D.gather_with_grad(image_embeds)
-        ids_world, mask_world = D.gather_no_grad(input_ids), D.gather_no_grad(attention_mask)
-        ids_all = torch.cat([input_ids, input_ids, ids_world[neg_txt]])
-        mask_all = torch.cat([attention_mask, attention_mask, mask_world[neg_txt]])
-        images_all = torch.cat([image_embeds, image_embeds_world[neg_img], image_embeds])
+        neg_images, neg_ids, neg_mask = self.hard_negatives(image_embeds, input_ids, attention_mask, neg_img, neg_txt)
+        dtype = neg_images.dtype
+        ids_all = torch.cat([input_ids, input_ids, neg_ids])
+        mask_all = torch.cat([attention_mask, attention_mask, neg_mask])
+        images_all = torch.cat([image_embeds.to(dtype), neg_images, image_embeds.to(dtype)])
         itm_logits = self.itm_logits(ids_all, mask_all, images_all)
         itm_labels = torch.cat([torch.ones(b, dtype=torch.long), torch.zeros(2 * b, dtype=torch.long)]).to(
             itm_logits.device)
