@@ -10,6 +10,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, Blip2VisionConfig, Blip2VisionModel, CLIPVisionModel
 
 from pipeline.models.loading import resolve
+from pipeline.models.tensor_files import files_with_prefix, read_tensors
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -32,19 +33,41 @@ def _layers(model: nn.Module) -> tuple[nn.Module, str]:
     raise ValueError(f"{type(model).__name__}: cannot find the encoder's block list to drop the last block")
 
 
-def load_vision_tower(name_or_path: str) -> nn.Module:
-    """Load a vision tower that returns patch features as ``last_hidden_state``."""
+def load_blip2_vision(folder: str, cfg, dtype: torch.dtype) -> Blip2VisionModel:
+    """The ``vision_model`` of a whole BLIP-2 checkpoint, reading only its ``vision_model.*`` tensors.
+
+    The tower is built on the meta device and takes the tensors as they are read (cast one at a time), so host
+    memory peaks at about the tower's size in ``dtype`` rather than the whole model's (LLM included) in fp32;
+    of a sharded checkpoint only the shards holding vision tensors are opened (or downloaded, for a hub id).
+    """
+    prefix = "vision_model."
+    with torch.device("meta"):
+        tower = Blip2VisionModel._from_config(cfg.vision_config, dtype=dtype)
+    expected = set(tower.state_dict())
+    state = {}
+    for path, keys in files_with_prefix(folder, prefix).items():
+        for key, tensor in read_tensors(path, keys, dtype).items():
+            if key[len(prefix):] not in expected:
+                raise KeyError(f"{path}: unexpected vision tensor {key} for {type(tower).__name__}")
+            state[key[len(prefix):]] = tensor
+    missing = sorted(expected - set(state))
+    if missing:
+        raise KeyError(f"{folder}: the checkpoint lacks {len(missing)} vision tensors, e.g. {prefix}{missing[0]}")
+    tower.load_state_dict(state, strict=True, assign=True)
+    return tower.eval()
+
+
+def load_vision_tower(name_or_path: str, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Load a vision tower that returns patch features as ``last_hidden_state``, with weights in ``dtype``."""
     path = resolve(name_or_path)
     cfg = AutoConfig.from_pretrained(path)
-    if cfg.model_type == "blip-2":  # a whole Blip2 checkpoint: take its vision model
-        from transformers import Blip2Model
-
-        return Blip2Model.from_pretrained(path).vision_model
+    if cfg.model_type == "blip-2":  # a whole BLIP-2 checkpoint: read only its vision model
+        return load_blip2_vision(path, cfg, dtype)
     if cfg.model_type == "clip":
-        return CLIPVisionModel.from_pretrained(path)
+        return CLIPVisionModel.from_pretrained(path, dtype=dtype)
     if cfg.model_type == "blip_2_vision_model":
-        return Blip2VisionModel.from_pretrained(path)
-    return AutoModel.from_pretrained(path)
+        return Blip2VisionModel.from_pretrained(path, dtype=dtype)
+    return AutoModel.from_pretrained(path, dtype=dtype)
 
 
 class FrozenVisionEncoder(nn.Module):
@@ -91,4 +114,4 @@ class FrozenVisionEncoder(nn.Module):
 
 
 def build_vision(cfg: VisionConfig) -> FrozenVisionEncoder:
-    return FrozenVisionEncoder(load_vision_tower(cfg.name_or_path), cfg)
+    return FrozenVisionEncoder(load_vision_tower(cfg.name_or_path, DTYPES[cfg.dtype]), cfg)
