@@ -108,12 +108,11 @@ def test_two_gloo_ranks_match_one_process(tiny_zoo, synthetic_batch):
 
 def _full_gather_model():
     """The reference: Blip2Stage1 whose ITM negatives come from LAVIS's all_gather_with_grad of every rank's rows."""
-    from pipeline.models.stage1 import Blip2Stage1
+    from pipeline.models.stage1 import Blip2Stage1, gather_negatives
 
     class FullGather(Blip2Stage1):
         def hard_negatives(self, image_embeds, input_ids, attention_mask, neg_img, neg_txt):
-            world = D.gather_with_grad(image_embeds)
-            return world[neg_img], D.gather_no_grad(input_ids)[neg_txt], D.gather_no_grad(attention_mask)[neg_txt]
+            return gather_negatives(image_embeds, input_ids, attention_mask, neg_img, neg_txt)
 
     return FullGather
 

@@ -23,6 +23,29 @@ class Stage1ModelConfig:
     qformer: QFormerConfig = field(default_factory=QFormerConfig)
 
 
+def fetch_negatives(image_embeds, input_ids, attention_mask, neg_img, neg_txt, dtype: torch.dtype):
+    """The sampled negatives' image embeddings, text ids and masks, fetched from the ranks that own them.
+
+    Only those B rows travel (LAVIS's all_gather_with_grad moves the world's rows, see :func:`gather_negatives`).
+    Images travel in ``dtype``, the Q-Former's, which would cast them anyway, so the result is the same; they keep
+    their gradient, which goes back to the owning rank's ``ln_vision``.
+    """
+    b = image_embeds.shape[0]
+    images = D.fetch_rows(image_embeds, D.plan_rows(neg_img, b), dtype=dtype)
+    text = D.fetch_rows(torch.cat([input_ids, attention_mask.to(input_ids.dtype)], 1), D.plan_rows(neg_txt, b))
+    ids, mask = text.split(input_ids.shape[1], 1)
+    return images, ids, mask.to(attention_mask.dtype)
+
+
+def gather_negatives(image_embeds, input_ids, attention_mask, neg_img, neg_txt):
+    """The reference (LAVIS): gather every rank's rows (images with gradient, in their own dtype), then index.
+
+    Not used in training; the tests and bench/itm_bytes.py compare :func:`fetch_negatives` against it.
+    """
+    world = D.gather_with_grad(image_embeds)
+    return world[neg_img], D.gather_no_grad(input_ids)[neg_txt], D.gather_no_grad(attention_mask)[neg_txt]
+
+
 class Blip2Stage1(nn.Module):
     def __init__(self, cfg: Stage1ModelConfig, vision: nn.Module | None = None, tokenizer=None):
         super().__init__()
@@ -61,17 +84,8 @@ class Blip2Stage1(nn.Module):
         return self.itm_head(hidden[:, : self.qformer.num_query]).mean(1)
 
     def hard_negatives(self, image_embeds, input_ids, attention_mask, neg_img, neg_txt):
-        """The sampled negatives' image embeddings, text ids and masks, fetched from the ranks that own them.
-
-        Only those B rows travel (not the world's, as LAVIS's all_gather_with_grad does), in the dtype the
-        Q-Former computes in (it would cast them to that anyway, so the result is the same); the image rows keep
-        their gradient, which goes back to the owning rank's ``ln_vision``.
-        """
-        b = image_embeds.shape[0]
-        images = D.fetch_rows(image_embeds, D.plan_rows(neg_img, b), dtype=self.qformer.query_tokens.dtype)
-        text = D.fetch_rows(torch.cat([input_ids, attention_mask.to(input_ids.dtype)], 1), D.plan_rows(neg_txt, b))
-        ids, mask = text.split(input_ids.shape[1], 1)
-        return images, ids, mask.to(attention_mask.dtype)
+        return fetch_negatives(image_embeds, input_ids, attention_mask, neg_img, neg_txt,
+                               self.qformer.query_tokens.dtype)
 
     def forward(self, pixel_values, input_ids, attention_mask, generator: torch.Generator | None = None) -> dict:
         b = pixel_values.shape[0]
