@@ -142,8 +142,8 @@ def _exchange_checks(rank, world):
 def _itm_worker(rank, world, init_file, out_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
+        from demo.tiny_zoo import tiny_stage1
         from pipeline.losses import stage1_losses
-        from pipeline.models.presets import tiny_stage1
         from pipeline.models.stage1 import Blip2Stage1
 
         res = {"exchange": _exchange_checks(rank, world)}
