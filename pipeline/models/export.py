@@ -9,6 +9,7 @@ An existing ``Blip2ForConditionalGeneration`` folder (such as a released checkpo
 from __future__ import annotations
 
 import copy
+import os
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -154,7 +155,10 @@ def stage1_from_hf(path: str, vision_dtype: str = "fp32", max_txt_len: int = 32)
     model.vision_proj.load_state_dict(hf.vision_projection.state_dict())
     model.text_proj.load_state_dict(hf.text_projection.state_dict())
     model.itm_head.load_state_dict(hf.itm_head.state_dict())
-    extras = load_file(f"{local}/{EXTRAS}")
-    q.lm_head.load_state_dict({k[len("lm_head."):]: v for k, v in extras.items() if k.startswith("lm_head.")})
-    model.temp.data.copy_(extras["temp"][0])
+    # A released folder (e.g. Salesforce/blip2-itm-vit-g) has no extras: ITC and ITM are complete without them,
+    # only the ITG head stays untrained and the temperature at its initial value.
+    if os.path.exists(f"{local}/{EXTRAS}"):
+        extras = load_file(f"{local}/{EXTRAS}")
+        q.lm_head.load_state_dict({k[len("lm_head."):]: v for k, v in extras.items() if k.startswith("lm_head.")})
+        model.temp.data.copy_(extras["temp"][0])
     return model
