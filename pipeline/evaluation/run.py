@@ -47,7 +47,7 @@ class RetrievalConfig:
 
 @dataclass
 class CaptionConfig:
-    prompt: str = "a photo of"  # paper Table 3 (COCO-fine-tuned models); "" for a model pre-trained without one
+    prompt: str | None = "a photo of"  # paper Table 3 (COCO-fine-tuned); empty for a model pre-trained without one
     num_beams: int = 5
     max_new_tokens: int = 30
     min_new_tokens: int = 8  # LAVIS caption_coco eval: min_len 8
@@ -58,7 +58,7 @@ class CaptionConfig:
 
 @dataclass
 class VQAConfig:
-    prompt: str = ""  # "" = the paper's: "Question: {} Answer:" (OPT), "Question: {} Short answer:" (Flan-T5)
+    prompt: str | None = None  # empty = the paper's: "Question: {} Answer:" (OPT), "Question: {} Short answer:" (Flan-T5)
     num_beams: int = 5
     max_new_tokens: int = 10
     min_new_tokens: int = 1
@@ -194,7 +194,7 @@ def evaluate_captioning(cfg: EvalConfig, ev: A.EvalSet, source: ImageSource) -> 
     c = cfg.caption
     gen = {"num_beams": c.num_beams, "max_new_tokens": c.max_new_tokens, "min_new_tokens": c.min_new_tokens,
            "length_penalty": c.length_penalty}
-    texts, seconds = _generate(cfg, source, ev.images, [c.prompt] * len(ev.images), gen, "captioning")
+    texts, seconds = _generate(cfg, source, ev.images, [c.prompt or ""] * len(ev.images), gen, "captioning")
     generated = dict(zip(ev.images, texts))
     refs = dict(zip(ev.images, ev.captions))
     out = {f"caption_{k}": v for k, v in caption_scores(refs, generated, c.metrics, c.spice).items()}
