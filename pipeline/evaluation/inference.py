@@ -61,6 +61,11 @@ class _ModelActor:
         n, self.vit_images = self.vit_images, 0
         return n
 
+    @staticmethod
+    def _model_seconds(t0: float, n: int) -> np.ndarray:
+        """This batch's model time spread over its rows (summed on the driver: time per row without actor start-up)."""
+        return np.full(n, (time.perf_counter() - t0) / n)
+
     def _pixels(self, source: ImageSource, names, size: int) -> torch.Tensor:
         from pipeline.images import to_pixel_values
 
@@ -76,10 +81,12 @@ class ImageEmbedder(_ModelActor):
 
     @torch.no_grad()
     def __call__(self, batch: dict) -> dict:
+        t0 = time.perf_counter()  # decoding included: it is part of the pass
         embeds, feats = self.model.image_features(self._pixels(self.source, batch["name"], self.image_size))
         n = self._take_vit_count()
         return {"idx": batch["idx"], "image_embeds": embeds.float().cpu().numpy().astype(self.embeds_dtype),
-                "image_feats": feats.float().cpu().numpy(), "vit_images": np.full(len(batch["idx"]), n / len(batch["idx"]))}
+                "image_feats": feats.float().cpu().numpy(), "vit_images": np.full(len(batch["idx"]), n / len(batch["idx"])),
+                "model_s": self._model_seconds(t0, len(batch["idx"]))}
 
 
 class TextEmbedder(_ModelActor):
@@ -89,11 +96,12 @@ class TextEmbedder(_ModelActor):
 
     @torch.no_grad()
     def __call__(self, batch: dict) -> dict:
+        t0 = time.perf_counter()
         t = self.model.tokenizer([str(x) for x in batch["text"]], padding="max_length", truncation=True,
                                  max_length=self.max_len, return_tensors="pt")
         feat = self.model.text_features(t.input_ids.to(self.device), t.attention_mask.to(self.device))
         return {"idx": batch["idx"], "text_feat": feat.float().cpu().numpy(), "input_ids": t.input_ids.numpy(),
-                "attention_mask": t.attention_mask.numpy()}
+                "attention_mask": t.attention_mask.numpy(), "model_s": self._model_seconds(t0, len(batch["idx"]))}
 
 
 class ITMScorer(_ModelActor):
@@ -108,6 +116,7 @@ class ITMScorer(_ModelActor):
 
     @torch.no_grad()
     def __call__(self, batch: dict) -> dict:
+        t0 = time.perf_counter()
         img, txt = batch["img"], batch["txt"]
         vision_dtype = next(self.model.vision.parameters()).dtype
         embeds = torch.from_numpy(np.ascontiguousarray(self.embeds[img])).to(self.device, vision_dtype)
@@ -116,7 +125,7 @@ class ITMScorer(_ModelActor):
         logits = self.model.itm_logits(ids, mask, embeds)
         return {"img": img, "txt": txt, "itm": logits[:, 1].float().cpu().numpy(),
                 "vit_images": np.full(len(img), self._take_vit_count() / len(img)),
-                "text_passes": np.ones(len(img))}
+                "text_passes": np.ones(len(img)), "model_s": self._model_seconds(t0, len(img))}
 
 
 class Generator(_ModelActor):
