@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def retrieval(ckpt):
         return _evaluate(os.path.join(out, "eval_before_capfilt.json"), data=uris["test"], retrieval_model=ckpt,
-                         k_test=16)
+                         **{"retrieval.k_test": 16})
 
     stage("4/8 stage 1 on the noisy data")
     ck_noisy = stage1("stage1-noisy", os.path.join(out, "data", "prepped"))
@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     stage("8/8 evaluation on the held-out split, exports")
     ev = _evaluate(os.path.join(out, "eval.json"), data=uris["test"], retrieval_model=ck_clean, caption_model=ck_s2,
-                   k_test=16, num_beams=3, max_new_tokens=20)
+                   **{"retrieval.k_test": 16, "caption.num_beams": 3, "caption.max_new_tokens": 20,
+                      "caption.min_new_tokens": 1, "caption.prompt": ""})  # stage 2 was trained without a prompt
     _export(ck_clean, os.path.join(out, "hf_retrieval"))
     _export(ck_s2, os.path.join(out, "hf_model"))
     for run in ("stage1-noisy", "stage1-filtered", "stage2"):
