@@ -91,18 +91,18 @@ def _naive_scores(model_uri, ev, texts, k):
 def test_ray_retrieval_caches_image_embeddings_and_counts_the_cost(stage1_folder, local_ray, tmp_path):
     from pipeline.config import merge
     from pipeline.evaluation import annotations as A
+    from pipeline.evaluation.image_source import ImageSource
     from pipeline.evaluation.run import EvalConfig, evaluate_retrieval
     from pipeline.evaluation.text import pre_caption
     from tests.evaluation_fixtures import write_benchmarks
 
     paths = write_benchmarks(str(tmp_path / "b"), n=8)
     k = 4
-    cfg = merge(EvalConfig, {"data": paths["coco_karpathy"], "retrieval_model": stage1_folder,
+    # images from a Parquet file: the actors index it themselves
+    cfg = merge(EvalConfig, {"data": paths["flickr"], "images": paths["flickr_parquet"], "retrieval_model": stage1_folder,
                              "retrieval": {"k_test": k}, "inference": {"batch_size": 3, "pair_batch_size": 16,
                                                                        "actors": 2, "num_cpus": 0.5}})
-    from pipeline.evaluation.image_source import ImageSource
-
-    ev = A.read("karpathy", paths["coco_karpathy"], images=paths["coco_images"])
+    ev = A.read("karpathy", paths["flickr"], images=paths["flickr_parquet"])
     r = evaluate_retrieval(cfg, ev, ImageSource(ev.image_root))
     n_img, n_txt = 8, 40
     cost = r["retrieval_cost"]

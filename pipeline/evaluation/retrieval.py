@@ -39,10 +39,10 @@ def top_k_pairs(sim: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def rerank(sim: np.ndarray, i2t_pairs: np.ndarray, i2t_itm: np.ndarray, t2i_pairs: np.ndarray,
            t2i_itm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Score matrices [images, texts] (i2t) and [texts, images] (t2i): ITM logit + ITC on the candidates, -inf
-    elsewhere (LAVIS fills -100; any value below every candidate ranks the same)."""
-    i2t = np.full(sim.shape, -np.inf, dtype=np.float64)
+    elsewhere (LAVIS fills -100; any value below every candidate ranks the same). float32, as LAVIS's matrices."""
+    i2t = np.full(sim.shape, -np.inf, dtype=np.float32)
     i2t[i2t_pairs[:, 0], i2t_pairs[:, 1]] = i2t_itm + sim[i2t_pairs[:, 0], i2t_pairs[:, 1]]
-    t2i = np.full(sim.T.shape, -np.inf, dtype=np.float64)
+    t2i = np.full(sim.T.shape, -np.inf, dtype=np.float32)
     t2i[t2i_pairs[:, 1], t2i_pairs[:, 0]] = t2i_itm + sim[t2i_pairs[:, 0], t2i_pairs[:, 1]]
     return i2t, t2i
 

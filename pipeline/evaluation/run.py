@@ -27,6 +27,7 @@ from pipeline.evaluation.inference import (
     InferenceConfig,
     ITMScorer,
     TextEmbedder,
+    resolve_gpus,
     run_pass,
 )
 from pipeline.evaluation.paper import table
@@ -150,8 +151,12 @@ def evaluate_retrieval(cfg: EvalConfig, ev: A.EvalSet, source: ImageSource) -> d
     if cfg.retrieval.clean_text:
         texts = [pre_caption(t) for t in texts]
     common = {"model_uri": cfg.retrieval_model, "dtype": cfg.inference.dtype, "storage_cfg": _storage_dict(cfg)}
+    cache_dtype = cfg.inference.cache_dtype
+    if cache_dtype == "auto":
+        cache_dtype = "float16" if resolve_gpus(cfg.inference) else "float32"
     img, img_s = run_pass({"idx": np.arange(len(ev.images)), "name": np.array(ev.images, dtype=object)}, ImageEmbedder,
-                          {**common, "source": source, "image_size": cfg.image_size}, cfg.inference,
+                          {**common, "source": source, "image_size": cfg.image_size, "embeds_dtype": cache_dtype},
+                          cfg.inference,
                           cfg.inference.batch_size, "image embedding")
     txt, txt_s = run_pass({"idx": np.arange(len(texts)), "text": np.array(texts, dtype=object)}, TextEmbedder,
                           {**common, "max_len": cfg.retrieval.text_max_len}, cfg.inference, cfg.inference.batch_size,
@@ -161,13 +166,10 @@ def evaluate_retrieval(cfg: EvalConfig, ev: A.EvalSet, source: ImageSource) -> d
     pairs = np.concatenate([i2t_pairs, t2i_pairs])
     cache = {k: ray.put(v) for k, v in (("image_embeds", img["image_embeds"]), ("input_ids", txt["input_ids"]),
                                         ("attention_mask", txt["attention_mask"]))}
-    itm, itm_s = run_pass({"img": pairs[:, 0], "txt": pairs[:, 1]}, ITMScorer, {**common, "cache": cache},
-                          cfg.inference, cfg.inference.pair_batch_size, "ITM re-ranking")
-    # Map the scores back to the pairs (the pool may return blocks in any order).
-    score = {(int(i), int(t)): float(s) for i, t, s in zip(itm["img"], itm["txt"], itm["itm"])}
-    i2t_itm = np.array([score[(int(i), int(t))] for i, t in i2t_pairs])
-    t2i_itm = np.array([score[(int(i), int(t))] for i, t in t2i_pairs])
-    scores_i2t, scores_t2i = rerank(sim, i2t_pairs, i2t_itm, t2i_pairs, t2i_itm)
+    itm, itm_s = run_pass({"idx": np.arange(len(pairs)), "img": pairs[:, 0], "txt": pairs[:, 1]}, ITMScorer,
+                          {**common, "cache": cache}, cfg.inference, cfg.inference.pair_batch_size, "ITM re-ranking")
+    n_i2t = len(i2t_pairs)  # run_pass returns rows in input order: the i2t pairs, then the t2i pairs
+    scores_i2t, scores_t2i = rerank(sim, i2t_pairs, itm["itm"][:n_i2t], t2i_pairs, itm["itm"][n_i2t:])
     out = {f"retrieval_{k}": v for k, v in report_metrics(scores_i2t, scores_t2i, txt2img, img2txt).items()}
     out.update({f"retrieval_itc_{k}": v for k, v in report_metrics(sim, sim.T, txt2img, img2txt).items()})
     out.update({"retrieval_images": len(ev.images), "retrieval_texts": len(texts), "retrieval_k_test": cfg.retrieval.k_test,
