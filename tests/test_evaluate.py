@@ -22,9 +22,9 @@ def models(tiny_zoo, tmp_path_factory):
     s1 = Blip2Stage1(tiny_stage1(tiny_zoo)).eval()
     released = export_stage1(s1, str(d / "released_itm"))
     os.remove(os.path.join(released, EXTRAS))  # what a released Blip2ForImageTextRetrieval folder looks like
-    save_model(s1, 1, str(d / "ckpt1"))
+    save_model(s1, "stage1", str(d / "ckpt1"))
     opt = Blip2Stage2(tiny_stage2(tiny_zoo, "opt")).eval()
-    save_model(opt, 2, str(d / "ckpt2"))
+    save_model(opt, "stage2", str(d / "ckpt2"))
     return {"released_itm": released, "ckpt1": str(d / "ckpt1"), "ckpt2": str(d / "ckpt2"),
             "opt": export_stage2(opt, str(d / "opt")),
             "t5": export_stage2(Blip2Stage2(tiny_stage2(tiny_zoo, "t5")).eval(), str(d / "t5"))}
@@ -126,7 +126,7 @@ def test_data_prep_shards_with_checkpoints(models, tmp_path, local_ray):
 def test_wrong_model_kind_is_named(models):
     from pipeline.evaluation.models import load_model
 
-    with pytest.raises(ValueError, match="stage-2 checkpoint; retrieval"):
+    with pytest.raises(ValueError, match="stage2 checkpoint .Blip2ForConditionalGeneration.; retrieval"):
         load_model(models["ckpt2"], 1)
     with pytest.raises(ValueError, match="Blip2ForConditionalGeneration folder"):
         load_model(models["released_itm"], 2)
