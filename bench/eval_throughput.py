@@ -85,6 +85,7 @@ def main() -> None:
     cfg = merge(EvalConfig, {"data": data, "retrieval_model": model, "retrieval": {"k_test": a.k_test},
                              "inference": {"batch_size": a.batch_size, "pair_batch_size": 4 * a.batch_size}})
     ev = A.read("karpathy", data)
+    load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     r = evaluate_retrieval(cfg, ev, ImageSource(ev.image_root))
     wall = time.perf_counter() - t0
@@ -92,7 +93,9 @@ def main() -> None:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     out = {"preset": a.preset, "images": a.images, "texts": r["retrieval_texts"], "k_test": a.k_test,
            "device": gpu or f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
-           "torch_threads": torch.get_num_threads(), **r["retrieval_throughput"], "cost": r["retrieval_cost"],
+           "torch_threads": torch.get_num_threads(),
+           # the 1-minute load average before and after: on a shared machine the figures scale with it
+           "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)], **r["retrieval_throughput"], "cost": r["retrieval_cost"],
            "pass_seconds_with_startup": r["retrieval_seconds"], "wall_seconds": wall,
            "date": time.strftime("%Y-%m-%d", time.gmtime())}
     print(json.dumps(out, indent=2))
