@@ -69,6 +69,7 @@ def test_format_detection_and_errors(bench, tmp_path):
     assert len(lim.images) == 2 and len(lim.questions) == 6
 
 
+@pytest.mark.slow
 def test_annotations_from_s3(bench, s3_bucket, monkeypatch):
     from pipeline import storage
 

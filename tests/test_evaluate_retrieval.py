@@ -88,6 +88,7 @@ def _naive_scores(model_uri, ev, texts, k):
         return rerank(sim, i2t, itm(i2t), t2i, itm(t2i))
 
 
+@pytest.mark.slow
 def test_ray_retrieval_caches_image_embeddings_and_counts_the_cost(stage1_folder, local_ray, tmp_path):
     from pipeline.config import merge
     from pipeline.evaluation import annotations as A
