@@ -42,7 +42,7 @@ def main() -> None:
     from demo.synthetic import SyntheticConfig, generate
     from demo.tiny_zoo import build_tiny_zoo
     from pipeline.config import merge
-    from pipeline.data import decode_batch, epoch_order, index, rank_slice
+    from pipeline.data import Index, decode_samples, rank_plan, read_window, window_items, window_order
     from pipeline.train_config import Stage1JobConfig
 
     with tempfile.TemporaryDirectory() as d:
@@ -62,13 +62,18 @@ def main() -> None:
         cfg = merge(Stage1JobConfig, over)
 
         # plain loops: same model, optimizer, schedule and batches, no Ray, no DeepSpeed
-        files = index(cfg.data.uri)
-        order = rank_slice(epoch_order(files, cfg.train.seed, 0), a.batch, 1, 0)[: a.steps * a.batch]
+        index = Index.load(cfg.data.uri)
+        plan = rank_plan(index, cfg.train.seed, 0, 1, 0, a.steps * a.batch, cfg.data.shuffle_window)
+        rows = {c: [] for c in ("key", "jpg", "kept_captions")}  # the epoch's rows in training order, compressed
+        for it in window_items(plan, index):
+            got = read_window(it)
+            for c in rows:
+                rows[c] += [got[c][i] for i in window_order(it)]
 
         def decode(s):
-            chunk = order[s * a.batch:(s + 1) * a.batch]
-            b = decode_batch({"file": [f for f, _ in chunk], "row": [r for _, r in chunk], "epoch": [0] * a.batch},
-                             [f for f, _ in files], cfg.data, cfg.train.seed)
+            sl = slice(s * a.batch, (s + 1) * a.batch)
+            b = decode_samples(rows["key"][sl], rows["jpg"][sl], rows["kept_captions"][sl], 0, cfg.data,
+                               cfg.train.seed)
             return torch.from_numpy(b["pixel_values"]), list(b["caption"])
 
         class Batches(torch.utils.data.Dataset):

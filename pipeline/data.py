@@ -1,16 +1,25 @@
-"""Training ingest: data-prep Parquet -> a deterministic per-epoch, per-rank sample order -> Ray Data decode +
+"""Training ingest: a manifest of files -> a deterministic per-epoch, per-rank read plan -> Ray Data decode +
 augmentation in CPU tasks -> ``iter_torch_batches`` on each worker.
 
-Ray Data in this Ray version cannot resume mid-epoch, so the order is ours: epoch ``e`` shuffles the files
-and then the rows of each file with ``seed + e`` (file-local reads stay cheap), cuts the result into global
-batches of ``batch_size * world_size``, and rank ``r`` takes slice ``r`` of every global batch. Resuming at
-step ``k`` of an epoch starts at global batch ``k``: no sample is repeated or skipped. Augmentation and the
-caption choice are seeded per (seed, epoch, key), so a sample looks the same whichever process decodes it.
+The order, with O(files) state and every sample read once per epoch:
+  1. epoch ``e`` permutes the files (``default_rng([seed, e])``) and, inside each file, its row groups
+     (``default_rng([seed, e, file])``); laid end to end they form the epoch's stream of rows;
+  2. rank ``r`` takes the contiguous span ``[r * n, (r + 1) * n)`` of the stream, ``n = steps * batch *
+     grad_accum``; the remainder past ``world * n`` is dropped, so every rank runs the same number of steps and a
+     file is read by at most two ranks (when no file is longer than a span);
+  3. the span is cut at row-group boundaries into windows of at least ``shuffle_window`` rows, and the rows of
+     window ``j`` are shuffled with ``default_rng([seed, e, world, r, j])``.
+A decode task gets one window as a few ``(file, row group, first row, end row)`` pieces, reads only those row
+groups and columns, and yields decoded batches. Resuming at step ``k`` of an epoch skips to sample ``k * batch
+* grad_accum`` of the span: the window holding it is found from the plan, nothing is replayed. Ray Data in this
+Ray version cannot resume mid-epoch, hence our own order. Augmentation and the caption choice are seeded per
+(seed, epoch, key), so a sample looks the same whichever process decodes it.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import zlib
 from dataclasses import dataclass
 
@@ -20,97 +29,167 @@ from PIL import Image
 
 from pipeline import storage
 from pipeline.images import normalize
+from pipeline.manifest import FileEntry, load_index
+from pipeline.records import read_tar
+
+COLUMNS = ["key", "jpg", "kept_captions"]  # all that training reads of a data-prep file
 
 
 @dataclass
 class DataConfig:
-    uri: str = "???"  # data-prep output dir (its data/*.parquet), a glob of Parquet files, or WebDataset tars
+    uri: str = "???"  # folder with manifest.json or data/*.parquet, a glob / list of Parquet files, or tars
     image_size: int = 224
     min_scale: float = 0.5  # RandomResizedCrop scale range (reference: 0.5-1.0), bicubic
     hflip: bool = True
-    decode_batch_size: int = 32
-    decode_concurrency: int = 1  # Ray Data decode tasks in flight per worker
+    shuffle_window: int = 4096  # rows shuffled together; a decode task holds one window's compressed rows
+    decode_batch_size: int = 32  # images per decoded block a decode task yields
+    decode_concurrency: int = 1  # Ray Data decode tasks (windows) in flight per worker
     decode_num_cpus: float = 1.0  # CPUs each decode task reserves
 
 
-def list_files(uri: str) -> list[str]:
-    if any(c in uri for c in "*?["):
-        return storage.glob(uri)
-    if uri.endswith((".parquet", ".tar")):
-        return [uri]
-    files = storage.glob(storage.join(uri, "data", "*.parquet")) or storage.glob(storage.join(uri, "*.parquet")) \
-        or storage.glob(storage.join(uri, "*.tar"))
-    if not files:
-        raise FileNotFoundError(f"data.uri {uri!r}: no data/*.parquet, *.parquet or *.tar files")
-    return files
+class Index:
+    """The training files as flat arrays (paths, rows per file, rows per row group): O(files) memory."""
+
+    def __init__(self, entries: list[FileEntry]):
+        self.paths = [e.path for e in entries]
+        self.rows = np.fromiter((e.rows for e in entries), np.int64, len(entries))
+        counts = np.fromiter((len(e.row_groups) or 1 for e in entries), np.int64, len(entries))
+        self.group_offset = np.concatenate([[0], np.cumsum(counts)])  # file f's groups: [offset[f], offset[f+1])
+        self.group_rows = np.fromiter((n for e in entries for n in (e.row_groups or [e.rows])), np.int64,
+                                      int(self.group_offset[-1]))
+        per_file = np.add.reduceat(self.group_rows, self.group_offset[:-1]) if len(entries) else self.rows
+        bad = np.flatnonzero(per_file != self.rows)
+        if len(bad):
+            e = entries[int(bad[0])]
+            raise ValueError(f"{e.path}: row groups {e.row_groups} do not add up to its {e.rows} rows (stale manifest?)")
+
+    @classmethod
+    def load(cls, uri: str) -> Index:
+        return cls(load_index(uri))
+
+    def groups(self, f: int) -> np.ndarray:
+        return self.group_rows[self.group_offset[f]:self.group_offset[f + 1]]
+
+    @property
+    def total(self) -> int:
+        return int(self.rows.sum())
 
 
-def _rows_of(uri: str) -> int:
-    if uri.endswith(".parquet"):
-        with storage.open_file(uri, "rb") as f:
-            return pq.ParquetFile(f).metadata.num_rows
-    return len(_tar_records(uri))
+def steps_per_epoch(index: Index, samples_per_step: int, world: int) -> int:
+    """Steps every rank runs in an epoch; ``samples_per_step`` is one rank's batch * grad_accum."""
+    return index.total // (samples_per_step * world)
 
 
-def index(uri: str) -> list[tuple[str, int]]:
-    """(file, number of rows) for every training file, sorted by name."""
-    return [(f, _rows_of(f)) for f in sorted(list_files(uri))]
+@dataclass
+class RankPlan:
+    """One rank's epoch: pieces (file, group, first, end, first file row) in stream order, cut into windows."""
+
+    seed: int
+    epoch: int
+    world: int
+    rank: int
+    pieces: np.ndarray  # [P, 5] int64
+    window_piece: np.ndarray  # [W + 1] window j holds pieces[window_piece[j]:window_piece[j + 1]]
+    window_start: np.ndarray  # [W + 1] first sample position of window j in the rank's span (last: span length)
 
 
-def epoch_order(files: list[tuple[str, int]], seed: int, epoch: int) -> list[tuple[int, int]]:
-    """The epoch's global sample order as (file index, row) pairs."""
-    rng = np.random.default_rng([seed, epoch])
-    order = []
-    for fi in rng.permutation(len(files)):
-        order += [(int(fi), int(r)) for r in rng.permutation(files[fi][1])]
-    return order
+def rank_plan(index: Index, seed: int, epoch: int, world: int, rank: int, samples_per_rank: int,
+              window: int) -> RankPlan:
+    perm = np.random.default_rng([seed, epoch]).permutation(len(index.paths))
+    ends = np.cumsum(index.rows[perm])
+    lo, hi = rank * samples_per_rank, (rank + 1) * samples_per_rank
+    pieces = []
+    for i in range(int(np.searchsorted(ends, lo, side="right")), len(perm)):
+        f = int(perm[i])
+        pos = int(ends[i] - index.rows[f])
+        if pos >= hi:
+            break
+        sizes = index.groups(f)
+        first_row = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        order = np.random.default_rng([seed, epoch, f]).permutation(len(sizes)) if len(sizes) > 1 else [0]
+        for g in order:
+            n = int(sizes[g])
+            a, b = max(lo - pos, 0), min(hi - pos, n)
+            if a < b:
+                pieces.append((f, int(g), a, b, int(first_row[g]) + a))
+            pos += n
+    pieces_arr = np.array(pieces, np.int64).reshape(-1, 5)
+    cuts, starts, acc, total = [0], [0], 0, 0
+    for p, (_, _, a, b, _) in enumerate(pieces_arr):
+        acc += int(b - a)
+        if acc >= window:  # windows end on row-group boundaries: no row group is read for two windows
+            total += acc
+            cuts.append(p + 1)
+            starts.append(total)
+            acc = 0
+    if acc:
+        cuts.append(len(pieces_arr))
+        starts.append(total + acc)
+    return RankPlan(seed, epoch, world, rank, pieces_arr, np.array(cuts, np.int64), np.array(starts, np.int64))
 
 
-def rank_slice(order: list, batch: int, world: int, rank: int, start_step: int = 0) -> list:
-    """This rank's samples from global batch ``start_step`` on; the incomplete last global batch is dropped."""
-    steps = len(order) // (batch * world)
-    out = []
-    for s in range(start_step, steps):
-        g = s * batch * world + rank * batch
-        out += order[g:g + batch]
-    return out
+def window_items(plan: RankPlan, index: Index, start: int = 0) -> list[dict]:
+    """The decode tasks' inputs from sample position ``start`` of the span on: one small dict per window."""
+    items = []
+    first = int(np.searchsorted(plan.window_start, start, side="right")) - 1
+    for j in range(max(first, 0), len(plan.window_start) - 1):
+        ps = plan.pieces[plan.window_piece[j]:plan.window_piece[j + 1]]
+        files = sorted({int(f) for f in ps[:, 0]})
+        local = {f: k for k, f in enumerate(files)}
+        items.append({"seed": [plan.seed, plan.epoch, plan.world, plan.rank, j], "epoch": plan.epoch,
+                      "skip": max(start - int(plan.window_start[j]), 0), "files": [index.paths[f] for f in files],
+                      "pieces": [[local[int(f)], int(g), int(a), int(b), int(r)] for f, g, a, b, r in ps]})
+    return items
 
 
-def steps_per_epoch(files: list[tuple[str, int]], batch: int, world: int) -> int:
-    return sum(n for _, n in files) // (batch * world)
+def window_order(item: dict) -> np.ndarray:
+    """Positions, in the window's concatenated pieces, of the samples this item yields, in order."""
+    n = sum(b - a for _, _, a, b, _ in item["pieces"])
+    return np.random.default_rng(item["seed"]).permutation(n)[item["skip"]:]
 
 
-def _tar_records(uri: str) -> list[dict]:
-    from pipeline.records import read_tar
-
-    out = []
-    for r in read_tar(uri):
-        caption = (r["caption"] or b"").decode("utf-8", "replace").strip()
-        out.append({"key": r["key"], "jpg": r["image"], "kept_captions": [caption]})
-    return out
+def sample_order(item: dict) -> list[tuple[str, int]]:
+    """(file, row) of each sample an item yields, in order (what the decode task reads, for tests and tools)."""
+    src = [(item["files"][f], r + k) for f, _, a, b, r in item["pieces"] for k in range(b - a)]
+    return [src[i] for i in window_order(item)]
 
 
-class _Files:
-    """A small per-process cache of decoded-from-storage files (reads are file-local by construction)."""
+_FS: dict = {}  # one pyarrow filesystem per process and kind: an S3 client is costly to make
 
-    def __init__(self, size: int = 4):
-        self.size, self.cache = size, {}
 
-    def get(self, uri: str) -> dict[str, list]:
-        if uri not in self.cache:
-            if len(self.cache) >= self.size:
-                self.cache.pop(next(iter(self.cache)))
-            if uri.endswith(".parquet"):
-                with storage.open_file(uri, "rb") as f:
-                    t = pq.read_table(io.BytesIO(f.read()), columns=["key", "jpg", "kept_captions"])
-                self.cache[uri] = t.to_pydict()
+def _pyarrow_fs(uri: str):
+    kind = "s3" if storage.is_s3(uri) else "local"
+    if kind not in _FS:
+        _FS[kind] = storage.pyarrow_filesystem(uri)[0]
+    return _FS[kind], uri.split("://", 1)[1] if kind == "s3" else storage.filesystem(uri)[1]
+
+
+def _tar_rows(uri: str) -> dict[str, list]:
+    recs = [r for r in read_tar(uri) if r["image"] is not None]  # the manifest counts keys with an image
+    return {"key": [r["key"] for r in recs], "jpg": [r["image"] for r in recs],
+            "kept_captions": [[(r["caption"] or b"").decode("utf-8", "replace").strip()] for r in recs]}
+
+
+def read_window(item: dict) -> dict[str, list]:
+    """The window's rows (its pieces concatenated): only its row groups and the training columns are read."""
+    out: dict[str, list] = {c: [] for c in COLUMNS}
+    opened: dict[int, pq.ParquetFile] = {}
+    try:
+        for f, g, a, b, _ in item["pieces"]:
+            path = item["files"][f]
+            if path.endswith(".parquet"):
+                if f not in opened:
+                    fs, p = _pyarrow_fs(path)
+                    opened[f] = pq.ParquetFile(fs.open_input_file(p))
+                cols = opened[f].read_row_groups([g], columns=COLUMNS).slice(a, b - a).to_pydict()
             else:
-                recs = _tar_records(uri)
-                self.cache[uri] = {k: [r[k] for r in recs] for k in ("key", "jpg", "kept_captions")}
-        return self.cache[uri]
-
-
-_FILES = _Files()
+                cols = {k: v[a:b] for k, v in _tar_rows(path).items()}
+            for c in COLUMNS:
+                out[c] += cols[c]
+    finally:
+        for pf in opened.values():
+            pf.close(force=True)  # we opened the file: close it too
+    return out
 
 
 def random_resized_crop(img: Image.Image, size: int, rng: np.random.Generator, min_scale: float) -> Image.Image:
@@ -129,43 +208,54 @@ def random_resized_crop(img: Image.Image, size: int, rng: np.random.Generator, m
     return img.resize((size, size), Image.BICUBIC, box=(x, y, x + s, y + s))
 
 
-def decode_batch(batch: dict, files: list[str], cfg: DataConfig, seed: int, train: bool = True) -> dict:
-    """Ray Data UDF: {'file', 'row', 'epoch'} -> {'pixel_values' [N,3,S,S] float32, 'caption', 'key'}."""
-    pix, caps, keys = [], [], []
-    for fi, row, epoch in zip(batch["file"], batch["row"], batch["epoch"]):
-        d = _FILES.get(files[int(fi)])
-        key = d["key"][int(row)]
+def decode_samples(keys: list[str], jpgs: list[bytes], captions: list, epoch: int, cfg: DataConfig, seed: int,
+                   train: bool = True) -> dict:
+    """Decode + augment: -> {'pixel_values' [N,3,S,S] float32, 'caption', 'key'}, seeded per (seed, epoch, key)."""
+    pix, caps = [], []
+    for key, jpg, kept in zip(keys, jpgs, captions):
         rng = np.random.default_rng([seed, int(epoch), zlib.crc32(key.encode())])
-        img = Image.open(io.BytesIO(d["jpg"][int(row)])).convert("RGB")
+        img = Image.open(io.BytesIO(jpg)).convert("RGB")
         if train:
             img = random_resized_crop(img, cfg.image_size, rng, cfg.min_scale)
             if cfg.hflip and rng.random() < 0.5:
                 img = img.transpose(Image.FLIP_LEFT_RIGHT)
         else:
             img = img.resize((cfg.image_size, cfg.image_size), Image.BICUBIC)
-        kept = list(d["kept_captions"][int(row)]) or [""]
+        kept = list(kept) or [""]
         caps.append(str(kept[int(rng.integers(0, len(kept)))]))  # one of the kept captions per step
         pix.append(normalize(np.asarray(img)))
-        keys.append(key)
-    return {"pixel_values": np.stack(pix), "caption": np.array(caps, dtype=object), "key": np.array(keys, dtype=object)}
+    return {"pixel_values": np.stack(pix), "caption": np.array(caps, dtype=object),
+            "key": np.array(list(keys), dtype=object)}
 
 
-def rank_batches(files: list[tuple[str, int]], cfg: DataConfig, seed: int, batch: int, world: int, rank: int,
+def decode_windows(batch: dict, cfg: DataConfig, seed: int):
+    """Ray Data UDF (a generator): each input row is one window (JSON); yields its decoded samples in order."""
+    for desc in batch["window"]:
+        item = json.loads(desc)
+        rows = read_window(item)
+        order = window_order(item)
+        for c in range(0, len(order), cfg.decode_batch_size):
+            idx = order[c:c + cfg.decode_batch_size]
+            yield decode_samples([rows["key"][i] for i in idx], [rows["jpg"][i] for i in idx],
+                                 [rows["kept_captions"][i] for i in idx], item["epoch"], cfg, seed)
+
+
+def rank_batches(index: Index, cfg: DataConfig, seed: int, batch: int, grad_accum: int, world: int, rank: int,
                  epoch: int, start_step: int):
-    """Yield this rank's batches of ``epoch`` from ``start_step`` on, decoded by Ray Data CPU tasks, in order."""
+    """Yield this rank's micro-batches of ``epoch`` from optimizer step ``start_step`` on, decoded by Ray Data."""
     import ray
 
-    order = rank_slice(epoch_order(files, seed, epoch), batch, world, rank, start_step)
-    if not order:
+    per_rank = steps_per_epoch(index, batch * grad_accum, world) * batch * grad_accum
+    plan = rank_plan(index, seed, epoch, world, rank, per_rank, cfg.shuffle_window)
+    items = window_items(plan, index, start_step * batch * grad_accum)
+    if not items:
         return
     ctx = ray.data.DataContext.get_current()  # set before the dataset is made: it copies the context
     ctx.execution_options.preserve_order = True  # the order above is the contract
     ctx.enable_progress_bars = False  # one bar per worker per epoch would drown the training log
-    items = [{"file": fi, "row": r, "epoch": epoch} for fi, r in order]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // max(batch, cfg.decode_batch_size)))
-    ds = ds.map_batches(decode_batch, fn_kwargs={"files": [f for f, _ in files], "cfg": cfg, "seed": seed},
-                        batch_size=cfg.decode_batch_size, concurrency=cfg.decode_concurrency,
-                        num_cpus=cfg.decode_num_cpus)
+    ds = ray.data.from_items([{"window": json.dumps(it)} for it in items], override_num_blocks=len(items))
+    ds = ds.map_batches(decode_windows, fn_kwargs={"cfg": cfg, "seed": seed}, batch_size=1,
+                        concurrency=cfg.decode_concurrency, num_cpus=cfg.decode_num_cpus)
     yield from ds.iter_torch_batches(batch_size=batch, drop_last=True, collate_fn=_collate)
 
 
@@ -174,4 +264,3 @@ def _collate(batch: dict) -> dict:
 
     return {"pixel_values": torch.from_numpy(np.ascontiguousarray(batch["pixel_values"])),
             "caption": [str(c) for c in batch["caption"]], "key": [str(k) for k in batch["key"]]}
-

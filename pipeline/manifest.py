@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass, field
 import pyarrow.parquet as pq
 
 from pipeline import storage
+from pipeline.records import IMAGE_EXTS
 
 MANIFEST_NAME = "manifest.json"
 _VERSION = 1
-_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
 
 @dataclass
@@ -147,7 +147,7 @@ def _count_tar_samples(uri: str) -> int:
     with storage.open_file(uri, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
         for m in tar:
             base = m.name.rsplit("/", 1)[-1]
-            if m.isfile() and "." in base and base.split(".", 1)[1].lower() in _IMAGE_EXTS:
+            if m.isfile() and "." in base and base.split(".", 1)[1].lower() in IMAGE_EXTS:
                 keys.add(base.split(".", 1)[0])
     return len(keys)
 

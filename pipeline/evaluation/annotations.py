@@ -131,11 +131,11 @@ def read_shards(uri: str) -> EvalSet:
     """Data-prep output (Parquet) or WebDataset tars: images inside, captions, and ``qa`` in the JSON metadata."""
     import pyarrow.parquet as pq
 
-    from pipeline.data import list_files
+    from pipeline.manifest import list_data_files
     from pipeline.records import read_tar
 
     ev = EvalSet("shards", image_root=uri, answer_scoring="exact")
-    for f in list_files(uri):
+    for f in list_data_files(uri):
         if f.endswith(".parquet"):
             rows = [(r["key"], _meta(r.get("meta")), list(r.get("kept_captions") or []))
                     for r in pq.read_table(io.BytesIO(storage.read_bytes(f)), columns=None).to_pylist()]
