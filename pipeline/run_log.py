@@ -51,13 +51,13 @@ def _visible(segments: list[tuple[int, int, int, str]], upto_step: int) -> list[
     return [(uri, cap) for first, cap, uri in sorted(live) if cap >= first]
 
 
-def load_rows(run_uri: str, upto_step: int, columns: list[str] | None = None) -> list[dict]:
-    """The run's metric rows with ``step <= upto_step``, in step order (``columns``: read only these)."""
+def load_rows(run_uri: str, upto_step: int, keys: bool = True) -> list[dict]:
+    """The run's metric rows with ``step <= upto_step``, in step order; ``keys=False`` skips reading the keys."""
     rows: list[dict] = []
     for uri, cap in _visible(_segments(run_uri), upto_step):
         with storage.open_file(uri, "rb") as f:
             pf = pq.ParquetFile(f)
-            cols = None if columns is None else [c for c in pf.schema_arrow.names if c in {"step", *columns}]
+            cols = None if keys else [c for c in pf.schema_arrow.names if c != "keys"]
             rows += [r for r in pf.read(columns=cols).to_pylist() if r["step"] <= cap]
     return rows
 
@@ -92,7 +92,7 @@ class RunLog:
         self._tb.flush()
         storage.upload_dir(self._tb_dir, storage.join(self.run_uri, "tensorboard"))
         if plot:
-            rows = load_rows(self.run_uri, self.last_step, columns=list(LOSS_KEYS))
+            rows = load_rows(self.run_uri, self.last_step, keys=False)
             if rows:
                 storage.write_bytes(storage.join(self.run_uri, "loss_curve.png"), loss_curve_png(rows))
 
@@ -136,9 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--upto", type=int, default=2**62, help="last step to print")
     p.add_argument("--keys", action="store_true", help="include each step's sample keys")
     a = p.parse_args(argv)
-    for row in load_rows(a.run, a.upto):
-        if not a.keys:
-            row.pop("keys", None)
+    for row in load_rows(a.run, a.upto, keys=a.keys):
         sys.stdout.write(json.dumps(row) + "\n")
 
 
