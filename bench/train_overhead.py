@@ -15,7 +15,6 @@ bf16, as DeepSpeed's bf16 mode does), and the Ray Train worker gets the GPU.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -90,10 +89,11 @@ def main() -> None:
         with_loader = plain_loop(cfg, loader, a.steps, warm, a.device)
 
         # Ray Train + DeepSpeed, 1 worker
+        from pipeline.run_log import load_rows
         from pipeline.train import fit
 
         fit(cfg, "stage1")
-        rows = [json.loads(x) for x in open(f"{d}/runs/bench/metrics.jsonl").read().splitlines() if x]
+        rows = load_rows(f"{d}/runs/bench", a.steps, keys=False)
         ray_sps = 1 / statistics.mean(a.batch / r["samples_per_s"] for r in rows[warm:])
         wait = statistics.mean(r["data_wait_frac"] for r in rows[warm:])
         print(f"device={a.device} cpus={os.cpu_count()} steps={a.steps} batch={a.batch} report_every={a.report_every} "

@@ -164,6 +164,19 @@ def _pyarrow_fs(uri: str):
     return _FS[kind], uri.split("://", 1)[1] if kind == "s3" else storage.filesystem(uri)[1]
 
 
+_FOOTERS: dict = {}  # Parquet footers this process has read, oldest first: the windows of a file share it
+
+
+def _open_parquet(path: str) -> pq.ParquetFile:
+    fs, p = _pyarrow_fs(path)
+    pf = pq.ParquetFile(fs.open_input_file(p), metadata=_FOOTERS.get(path))
+    if path not in _FOOTERS:
+        _FOOTERS[path] = pf.metadata
+        if len(_FOOTERS) > 256:
+            _FOOTERS.pop(next(iter(_FOOTERS)))
+    return pf
+
+
 def _tar_rows(uri: str) -> dict[str, list]:
     recs = [r for r in read_tar(uri) if r["image"] is not None]  # the manifest counts keys with an image
     return {"key": [r["key"] for r in recs], "jpg": [r["image"] for r in recs],
@@ -179,8 +192,7 @@ def read_window(item: dict) -> dict[str, list]:
             path = item["files"][f]
             if path.endswith(".parquet"):
                 if f not in opened:
-                    fs, p = _pyarrow_fs(path)
-                    opened[f] = pq.ParquetFile(fs.open_input_file(p))
+                    opened[f] = _open_parquet(path)
                 cols = opened[f].read_row_groups([g], columns=COLUMNS).slice(a, b - a).to_pydict()
             else:
                 cols = {k: v[a:b] for k, v in _tar_rows(path).items()}

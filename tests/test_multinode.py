@@ -12,6 +12,7 @@ import time
 import psutil
 import pytest
 
+from pipeline.run_log import load_rows
 from tests.procs import ray_head, run_ok
 from tests.test_train import REFERENCE_RUN, tiny_args
 
@@ -143,8 +144,7 @@ def _preempt_a_node(address, tiny_zoo, prepped, reference_run, tmp_path):
     print(f"node preemption: {steps_lost} steps lost (done {done_before_kill}, resumed at {resumed_at}), "
           f"recovered and finished {time.time() - t_kill:.1f}s after the kill")
     assert resumed_at >= ckpt_step and steps_lost <= 4
-    ref = [json.loads(x) for x in open(f"{reference_run}/metrics.jsonl")]
-    got = [json.loads(x) for x in open(tmp_path / "spot" / "metrics.jsonl")]
+    ref, got = load_rows(reference_run, 10**9), load_rows(str(tmp_path / "spot"), 10**9)
     assert [x["step"] for x in got] == list(range(1, 17))
     for a, b in zip(ref, got):
         assert abs(a["loss"] - b["loss"]) <= 1e-6 and a["keys"] == b["keys"], a["step"]

@@ -33,18 +33,21 @@ def tiny_args(zoo, data, storage_path, run, **over):
     return [f"{k}={v}" for k, v in args.items()]
 
 
-def _metrics(path):
-    return [json.loads(line) for line in open(path).read().splitlines() if line]
+def _metrics(run_dir):
+    from pipeline.run_log import load_rows
+
+    return load_rows(str(run_dir), 10**9)
 
 
 def _run(args, script="jobs/stage1.py", **kw):
     return subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, **kw)
 
 
-def test_zero2_stage1_and_stage2_checkpoint_to_s3(tiny_zoo, prepped, s3_bucket):
+def test_zero2_stage1_and_stage2_checkpoint_to_s3(tiny_zoo, prepped, s3_bucket, monkeypatch):
     from pipeline import storage
 
     root, scfg = s3_bucket
+    monkeypatch.setattr(storage, "_DEFAULT", scfg)  # the run log's reader takes the default storage settings
     env = {**os.environ, "AWS_ENDPOINT_URL": scfg.endpoint_url}
     r = _run(tiny_args(tiny_zoo, prepped, f"{root}/runs", "s1") + [f"storage.endpoint_url={scfg.endpoint_url}"],
              env=env)
@@ -71,7 +74,7 @@ def test_zero2_stage1_and_stage2_checkpoint_to_s3(tiny_zoo, prepped, s3_bucket):
                  f"init_from={latest['uri']}", "model.max_txt_len=16", f"storage.endpoint_url={scfg.endpoint_url}"]
         r = _run(args, script="jobs/stage2.py", env=env)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        rows = [json.loads(x) for x in storage.read_text(f"{root}/runs/s2{llm}/metrics.jsonl", scfg).splitlines()]
+        rows = _metrics(f"{root}/runs/s2{llm}")
         assert [x["step"] for x in rows] == list(range(1, 7)) and all(x["lm_loss"] > 0 for x in rows)
 
 
@@ -115,7 +118,7 @@ def test_preempted_worker_resumes_exactly(tiny_zoo, prepped, reference_run, tmp_
             _kill_tree(proc)
     assert proc.returncode == 0, out[-3000:]
     assert "resumed from" in out
-    ref, got = _metrics(f"{reference_run}/metrics.jsonl"), _metrics(tmp_path / "kill" / "metrics.jsonl")
+    ref, got = _metrics(reference_run), _metrics(tmp_path / "kill")
     assert [x["step"] for x in got] == list(range(1, 17))
     for a, b in zip(ref, got):
         for k in ("itc_loss", "itm_loss", "itg_loss", "loss"):
@@ -145,5 +148,5 @@ def test_killed_driver_rerun_resumes(tiny_zoo, prepped, tmp_path):
     r = _run(args)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"at step {step_at_kill}" in r.stdout + r.stderr
-    rows = _metrics(tmp_path / "restart" / "metrics.jsonl")
+    rows = _metrics(tmp_path / "restart")
     assert [x["step"] for x in rows] == list(range(1, 13))
