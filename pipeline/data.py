@@ -29,7 +29,7 @@ from PIL import Image
 
 from pipeline import storage
 from pipeline.images import normalize
-from pipeline.manifest import FileEntry, load_index
+from pipeline.manifest import FileEntry, has_manifest, load_index, write_manifest
 from pipeline.records import read_tar
 
 COLUMNS = ["key", "jpg", "kept_captions"]  # all that training reads of a data-prep file
@@ -73,6 +73,15 @@ class Index:
     @property
     def total(self) -> int:
         return int(self.rows.sum())
+
+
+def index_location(data_uri: str, run_uri: str) -> str:
+    """The folder whose manifest.json the workers read: ``data_uri`` if it has one, else the run dir, where the
+    driver writes the result of its one listing pass (so the workers never list or open the data files)."""
+    if has_manifest(data_uri):
+        return data_uri
+    write_manifest(run_uri, load_index(data_uri))
+    return run_uri
 
 
 def steps_per_epoch(index: Index, samples_per_step: int, world: int) -> int:

@@ -107,13 +107,16 @@ def build_manifest(uri: str | list[str], threads: int = 32, progress: bool = Tru
     return out  # type: ignore[return-value]
 
 
+def has_manifest(uri: str) -> bool:
+    """Whether ``uri`` is a folder with a manifest.json (a glob, a file or a list never has one)."""
+    single_folder = "," not in uri and not any(c in uri for c in "*?[") and not uri.endswith((".parquet", ".tar"))
+    return single_folder and storage.exists(storage.join(uri, MANIFEST_NAME))
+
+
 def load_index(uri: str) -> list[FileEntry]:
     """The manifest at ``uri`` if there is one, else one listing pass (with a hint on how to write a manifest)."""
-    if isinstance(uri, str) and "," not in uri and not any(c in uri for c in "*?[") \
-            and not uri.endswith((".parquet", ".tar")):
-        entries = read_manifest(uri)
-        if entries is not None:
-            return entries
+    if has_manifest(uri):
+        return read_manifest(uri)  # type: ignore[return-value]
     print(f"[manifest] no {MANIFEST_NAME} at {uri!r}: listing every file (slow at scale). Write one once with "
           f"`python -m pipeline.manifest {uri} --out <folder>` and set data.uri=<folder>.", file=sys.stderr,
           flush=True)

@@ -183,7 +183,7 @@ def bookkeeping(w: Worker, m: dict, keys: list[str], epoch: int) -> None:
         ray.train.report(_window_means(w.window))
         w.window = []
     if w.step % t.checkpoint_every == 0 or w.step == t.max_steps:
-        _attach_keys(w.log.rows if w.log else [], w.pending_keys, w.world, w.rank)  # one gather per checkpoint
+        _attach_keys(w.log.pending if w.log else [], w.pending_keys, w.world, w.rank)  # one gather per checkpoint
         w.pending_keys = []
         # Metrics first: once latest.json names this step, its rows must already be in storage (a node lost
         # between the two would otherwise resume without them; seen in the node-preemption test).
@@ -195,16 +195,16 @@ def bookkeeping(w: Worker, m: dict, keys: list[str], epoch: int) -> None:
 def train_loop_per_worker(config: dict) -> None:
     w = setup(config)
     t, data = w.cfg.train, w.cfg.data
-    files = D.index(data.uri)
+    index = D.Index.load(config["index"])
     global_batch = t.batch_size * t.grad_accum * w.world
-    per_epoch = D.steps_per_epoch(files, t.batch_size * t.grad_accum, w.world)
+    per_epoch = D.steps_per_epoch(index, t.batch_size * t.grad_accum, w.world)
     if per_epoch == 0:
         raise ValueError(f"data.uri {data.uri!r}: fewer samples than one global batch ({global_batch})")
     text_rng = random.Random(t.seed + w.rank)
     while w.step < t.max_steps:
         epoch, in_epoch = divmod(w.step, per_epoch)
-        batches = _timed(D.rank_batches(files, data, t.seed, t.batch_size, w.world, w.rank, epoch,
-                                        in_epoch * t.grad_accum))
+        batches = _timed(D.rank_batches(index, data, t.seed, t.batch_size, t.grad_accum, w.world, w.rank, epoch,
+                                        in_epoch))
         t_prev = time.time()  # step time = wall clock between steps: data, compute, report, checkpoint
         while w.step < t.max_steps:
             try:
@@ -278,7 +278,9 @@ def fit(cfg, stage: str | Stage) -> dict:
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"stage": get_stage(stage).name if not isinstance(stage, Stage) else stage.name, "cfg": OmegaConf.to_container(cfg, resolve=True)},
+        train_loop_config={"stage": get_stage(stage).name if not isinstance(stage, Stage) else stage.name,
+                           "cfg": OmegaConf.to_container(cfg, resolve=True),
+                           "index": D.index_location(cfg.data.uri, run_uri)},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=t.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=resources),
@@ -287,8 +289,8 @@ def fit(cfg, stage: str | Stage) -> dict:
                                        failure_config=ray.train.FailureConfig(max_failures=t.max_failures)),
     )
     trainer.fit()
-    rows = load_rows(run_uri, t.max_steps)
-    return {k: v for k, v in rows[-1].items() if k != "keys"} if rows else {}
+    rows = load_rows(run_uri, t.max_steps, keys=False)
+    return rows[-1] if rows else {}
 
 
 def _pin_ray_data_actors_here() -> None:

@@ -33,7 +33,7 @@ class TrainConfig:
     log_every: int = 10  # console
     # ray.train.report interval. Not every step: Ray Train 2.60's per-worker result queue holds one report and the
     # controller drains it every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s), so per-step reports cap training at
-    # ~0.5 steps/s. Every step still goes to metrics.jsonl and TensorBoard.
+    # ~0.5 steps/s. Every step still goes to the run log and TensorBoard.
     report_every: int = 50
     num_workers: int = 1
     gpus_per_worker: float = 0.0
