@@ -160,3 +160,20 @@ def test_decode_reads_the_planned_rows_only(tmp_path, monkeypatch):
             caps = [c for b in out for c in b["caption"]]
             assert all(c in (f"cap {k}", f"tar cap {int(k.split('_')[1])}") for c, k in zip(caps, keys))
     assert read_groups and all(c == ["key", "jpg", "kept_captions"] for c in read_groups)  # never "extra"
+
+
+def test_workers_read_one_manifest(tmp_path):
+    """Without a manifest at data.uri the driver lists once and the run dir gets the manifest the workers read."""
+    from pipeline.data import index_location
+    from pipeline.manifest import MANIFEST_NAME, write_manifest
+
+    data, run = tmp_path / "prepped", tmp_path / "run"
+    for f, n in enumerate((9, 4)):
+        (data / "data").mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"key": [str(i) for i in range(n)]}), data / "data" / f"{f}.parquet",
+                       row_group_size=5)
+    assert index_location(str(data), str(run)) == str(run)
+    assert Index.load(str(run)).rows.tolist() == [9, 4] and (run / MANIFEST_NAME).exists()
+    write_manifest(str(data), build_manifest(str(data), progress=False))
+    assert index_location(str(data), str(tmp_path / "run2")) == str(data)
+    assert not (tmp_path / "run2").exists()
