@@ -22,8 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ray  # noqa: E402
 
 from dataprep.config import DataprepConfig  # noqa: E402
-from dataprep.run import _finish_row, run  # noqa: E402
-from dataprep.sink import ShardSink  # noqa: E402
+from dataprep.run import run  # noqa: E402
+from dataprep.sink import write_shard  # noqa: E402
 from dataprep.sources import list_shards, read_shard, shard_name  # noqa: E402
 from dataprep.validate import validate  # noqa: E402
 from demo.synthetic import SyntheticConfig  # noqa: E402
@@ -55,15 +55,11 @@ def photo_like_shards(out: str, n: int, size: int, per_shard: int = 100) -> None
 
 
 def plain_loop(cfg) -> int:
-    shards = list_shards(cfg.input, cfg.source)
-    sink = ShardSink(cfg.output, {}, {s: shard_name(s) for s in shards})
     n = 0
-    for s in shards:
-        recs = read_shard(s, cfg.source)
-        sink.expected[s] = len(recs)
-        for r in recs:
-            sink.add(_finish_row(validate(r, cfg.validate)))
-            n += 1
+    for s in list_shards(cfg.input, cfg.source):
+        rows = [validate(r, cfg.validate) for r in read_shard(s, cfg.source)]
+        write_shard(cfg.output, s, shard_name(s), rows)
+        n += len(rows)
     return n
 
 
