@@ -81,6 +81,10 @@ def main() -> None:
         t0 = time.time()
         n = plain_loop(merge(DataprepConfig, {**base, "output": f"{d}/plain"}))
         plain = n / (time.time() - t0)
+        print(f"cpus={os.cpu_count()} samples={n} source={a.image_size}px K={a.num_captions} "
+              f"max_length={a.max_length} batch={a.batch_size} torch_threads={torch.get_num_threads()}")
+        print(f"plain loop (same captioner + filter): {plain:.1f} images/s  (load average before {load0[0]:.1f})",
+              flush=True)
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
         # start the worker processes and load the models' code once, as a long job would have
         run(merge(DataprepConfig, {**base, "output": f"{d}/warmup", "input": f"{d}/raw/00000.tar"}))
@@ -94,10 +98,7 @@ def main() -> None:
                        for f in os.listdir(os.path.join(d, "ray", "_progress")))
         steady = (len(marks) - 1) * a.per_shard / max(marks[-1] - marks[0], 1e-9)
         load1 = os.getloadavg()
-    print(f"cpus={os.cpu_count()} samples={n} source={a.image_size}px K={a.num_captions} "
-          f"max_length={a.max_length} batch={a.batch_size} torch_threads={torch.get_num_threads()}")
-    print(f"load average (1 min) before {load0[0]:.1f}, after {load1[0]:.1f}")
-    print(f"plain loop (same captioner + filter): {plain:.1f} images/s")
+    print(f"load average (1 min) after {load1[0]:.1f}")
     print(f"ray data pipeline, whole run (actor start included): {piped:.1f} images/s  ratio {piped / plain:.2f}x  "
           f"(driver received {s['driver_received_bytes']} bytes, peak RSS {s['driver_peak_rss_mb']} MB)")
     print(f"ray data pipeline, steady state (first to last shard written): {steady:.1f} images/s  "
