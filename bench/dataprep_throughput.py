@@ -1,10 +1,10 @@
 """Data-prep throughput: the Ray Data pipeline vs a plain single-process loop doing the same work.
 
-    python bench/dataprep_throughput.py [--num-samples 4000] [--image-size 512] [--with-models]
+    python bench/dataprep_throughput.py [--num-samples 4000] [--image-size 512]
 
 Both read the same WebDataset shards of photo-like JPEGs (textured noise over the synthetic scenes, so
 decoding costs what a web photo costs), decode, validate, resize (shorter side 256) and write Parquet.
-Prints images/s of each and their ratio; with --with-models it also runs a tiny captioner + filter.
+Prints images/s of each and their ratio (with models: bench/capfilt_throughput.py).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import ray  # noqa: E402
 
 from dataprep.config import DataprepConfig  # noqa: E402
-from dataprep.run import _finish_row, run  # noqa: E402
-from dataprep.sink import ShardSink  # noqa: E402
+from dataprep.run import run  # noqa: E402
+from dataprep.sink import write_shard  # noqa: E402
 from dataprep.sources import list_shards, read_shard, shard_name  # noqa: E402
 from dataprep.validate import validate  # noqa: E402
 from demo.synthetic import SyntheticConfig  # noqa: E402
@@ -55,15 +55,11 @@ def photo_like_shards(out: str, n: int, size: int, per_shard: int = 100) -> None
 
 
 def plain_loop(cfg) -> int:
-    shards = list_shards(cfg.input, cfg.source)
-    sink = ShardSink(cfg.output, {}, {s: shard_name(s) for s in shards})
     n = 0
-    for s in shards:
-        recs = read_shard(s, cfg.source)
-        sink.expected[s] = len(recs)
-        for r in recs:
-            sink.add(_finish_row(validate(r, cfg.validate)))
-            n += 1
+    for s in list_shards(cfg.input, cfg.source):
+        rows = [validate(r, cfg.validate) for r in read_shard(s, cfg.source)]
+        write_shard(cfg.output, s, shard_name(s), rows)
+        n += len(rows)
     return n
 
 
@@ -71,7 +67,6 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--num-samples", type=int, default=4000)
     p.add_argument("--image-size", type=int, default=768)
-    p.add_argument("--with-models", action="store_true")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
         photo_like_shards(f"{d}/raw", a.num_samples, a.image_size)
@@ -87,23 +82,6 @@ def main() -> None:
         print(f"cpus={os.cpu_count()} samples={n} source={a.image_size}px")
         print(f"plain single-process loop: {plain:.1f} images/s")
         print(f"ray data pipeline (no models): {piped:.1f} images/s  ratio {piped / plain:.2f}x")
-        if a.with_models:
-            from demo.tiny_zoo import build_tiny_zoo, tiny_stage1, tiny_stage2
-            from pipeline.models.export import export_stage1, export_stage2
-            from pipeline.models.stage1 import Blip2Stage1
-            from pipeline.models.stage2 import Blip2Stage2
-
-            zoo = build_tiny_zoo(f"{d}/zoo")
-            export_stage1(Blip2Stage1(tiny_stage1(zoo)).eval(), f"{d}/filter")
-            export_stage2(Blip2Stage2(tiny_stage2(zoo)).eval(), f"{d}/captioner")
-            cf = {"enabled": True, "captioner": {"model": f"{d}/captioner", "num_captions": 4, "max_length": 10,
-                                                 "batch_size": 32, "num_cpus": 0.5},
-                  "filter": {"model": f"{d}/filter", "batch_size": 32, "num_cpus": 0.5}}
-            t0 = time.time()
-            s = run(merge(DataprepConfig, {**base, "output": f"{d}/models", "capfilt": cf}))
-            with_models = s["read"] / (time.time() - t0)
-            print(f"ray data pipeline (tiny captioner K=4 + filter): {with_models:.1f} images/s  "
-                  f"ratio to plain loop without models {with_models / plain:.2f}x")
         ray.shutdown()
 
 

@@ -36,32 +36,37 @@ class ValidateConfig:
 
 
 @dataclass
-class CaptionerConfig:
+class PoolConfig:
+    """One model stage's Ray Data actor pool. Ray Data grows it from ``min_actors`` to ``max_actors`` while the
+    stage is the bottleneck and there are free resources (on an autoscaling cluster, pending actors ask for nodes)."""
+    min_actors: int = 1
+    max_actors: int = 1
+    num_gpus: float = 0.0  # per actor; fractions pack several actors (e.g. a captioner and a filter) on one GPU
+    num_cpus: float = 1.0  # per actor; leave CPUs for decoding (on a 2-core box, 0.5)
+    batch_size: int = 16  # images per model call; an actor receives whole shards and cuts them into these
+    max_tasks_in_flight_per_actor: int = 2  # shards queued at an actor: the next one is on hand, memory stays bounded
+    dtype: str = "float32"  # float32 | float16 | bfloat16, on GPU only (CPU always runs float32)
+
+
+@dataclass
+class CaptionerConfig(PoolConfig):
     enabled: bool = True
     model: str = ""  # hub id, local dir or s3:// of an image-to-text transformers model
     num_captions: int = 10  # K
     top_p: float = 0.9
     max_length: int = 30
-    prompt: str = ""
-    batch_size: int = 16
-    num_actors: int = 1
-    num_gpus: float = 0.0  # per actor
-    num_cpus: float = 1.0  # per actor; leave CPUs for decoding (on a 2-core box, 0.5)
-    seed: int = 0
+    prompt: str = ""  # stripped from the decoded captions (LAVIS's BLIP captioner used "a picture of ")
+    seed: int = 0  # a sample's captions depend only on (seed, key, model)
 
 
 @dataclass
-class FilterConfig:
+class FilterConfig(PoolConfig):
     enabled: bool = True
     model: str = ""  # CLIPModel, Blip2ForImageTextRetrieval or BlipForImageTextRetrieval folder/hub id/s3://
     mode: str = "topk"  # topk: keep the top_k captions by similarity | itm: drop what the ITM head calls unmatched
     top_k: int = 2
     min_similarity: float | None = None  # topk mode: also drop captions below this similarity
     itm_threshold: float = 0.5  # itm mode: keep captions with p(match) >= this
-    batch_size: int = 16
-    num_actors: int = 1
-    num_gpus: float = 0.0
-    num_cpus: float = 1.0
 
 
 @dataclass

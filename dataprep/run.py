@@ -1,82 +1,65 @@
-"""The data-prep pipeline on Ray Data: shards -> decode/validate -> [captioner] -> [filter] -> Parquet.
+"""The data-prep pipeline on Ray Data: shards -> read + validate -> [captioner] -> [filter] -> write.
 
-CPU decoding runs as Ray tasks; the captioner and the filter run as actor pools (size, GPUs per actor and
-batch size from the config), so model stages scale on GPU nodes while decoding scales on CPU nodes.
+A Ray Data row is a whole input shard (dataprep/shard_rows.py). Reading, validating and writing run as Ray
+tasks, the captioner and the filter as autoscaling actor pools (min/max actors, GPUs per actor and batch size
+from the config), so model stages scale on GPU nodes while decoding scales on CPU nodes. The writer task writes
+a shard's Parquet files and its marker in the cluster; the driver receives one small statistics row per shard.
 """
 
 from __future__ import annotations
 
 import json
+import resource
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pandas as pd
+import pyarrow as pa
 import ray
 from omegaconf import OmegaConf
 
-from dataprep.capfilt import Captioner, CaptionFilter
-from dataprep.config import DataprepConfig
-from dataprep.sink import ShardSink, finished_shards, summarize, write_output_manifest
+from dataprep.capfilt import ShardStage
+from dataprep.config import DataprepConfig, PoolConfig
+from dataprep.shard_rows import pack, unpack
+from dataprep.sink import finished_shards, summarize, write_output_manifest, write_shard
 from dataprep.sources import count_samples, list_shards, read_shard, shard_name
 from dataprep.validate import validate
 from pipeline import storage
 from pipeline.config import save_config
 
 
-def _read(row: dict, source_cfg, storage_cfg) -> list[dict]:
-    storage.set_default(storage_cfg)  # this worker's S3 endpoint (credentials come from its environment)
-    recs = read_shard(row["shard"], source_cfg)
-    for r in recs:  # the sink knows a shard is complete once it has seen this many of its records
-        r["shard_records"] = len(recs)
-    return recs
+def _read_validate(batch: pa.Table, cfg: DataprepConfig) -> pa.Table:
+    storage.set_default(cfg.storage)  # this worker's S3 endpoint (credentials come from its environment)
+    return pa.concat_tables([pack(s, [validate(r, cfg.validate) for r in read_shard(s, cfg.source)])
+                             for s in batch.column("shard").to_pylist()])
 
 
-def _validate_batch(df: pd.DataFrame, cfg) -> pd.DataFrame:
-    return pd.DataFrame([{**validate(r, cfg), "shard_records": r["shard_records"]} for r in df.to_dict("records")])
-
-
-def _process_shard(row: dict, cfg: DataprepConfig, names: dict[str, str]) -> dict:
-    """No-model path: one Ray task reads, validates and writes a whole shard; only its stats reach the driver."""
+def _write(batch: pa.Table, cfg: DataprepConfig, names: dict[str, str]) -> dict:
     storage.set_default(cfg.storage)
-    shard = row["shard"]
-    recs = read_shard(shard, cfg.source)
-    sink = ShardSink(cfg.output, {shard: len(recs)}, names, cfg.sink.row_group_size)
-    for r in recs:
-        sink.add(_finish_row(validate(r, cfg.validate)))
-    if not recs:  # an empty shard still gets its marker
-        sink.rows[shard] = []
-        sink.flush(shard)
-    return {"stats": json.dumps(sink.done[0])}
+    return {"stats": [json.dumps(write_shard(cfg.output, shard, names[shard], records, cfg.sink.row_group_size))
+                      for shard, records in unpack(batch)]}
 
 
-def build_dataset(cfg: DataprepConfig, shards: list[str]) -> ray.data.Dataset:
+def _pool(ds: ray.data.Dataset, stage: str, c: PoolConfig) -> ray.data.Dataset:
+    if not 1 <= c.min_actors <= c.max_actors:
+        raise ValueError(f"capfilt.{stage}: need 1 <= min_actors ({c.min_actors}) <= max_actors ({c.max_actors})")
+    return ds.map_batches(ShardStage, fn_constructor_kwargs={"stage": stage, "cfg": OmegaConf.to_container(c)},
+                          batch_size=1, batch_format="pyarrow", num_gpus=c.num_gpus, num_cpus=c.num_cpus,
+                          compute=ray.data.ActorPoolStrategy(
+                              min_size=c.min_actors, max_size=c.max_actors,
+                              max_tasks_in_flight_per_actor=c.max_tasks_in_flight_per_actor))
+
+
+def build_dataset(cfg: DataprepConfig, shards: list[str], names: dict[str, str]) -> ray.data.Dataset:
+    """One row per shard in, one statistics row per shard out; the records never leave the cluster."""
     ds = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=max(1, len(shards)))
-    ds = ds.flat_map(_read, fn_kwargs={"source_cfg": cfg.source, "storage_cfg": cfg.storage})
-    ds = ds.map_batches(_validate_batch, fn_kwargs={"cfg": cfg.validate}, batch_format="pandas",
-                        batch_size=cfg.validate.batch_size)
+    ds = ds.map_batches(_read_validate, fn_kwargs={"cfg": cfg}, batch_size=1, batch_format="pyarrow")
     cf = cfg.capfilt
     if cf.enabled and cf.captioner.enabled:
-        c = cf.captioner
-        ds = ds.map_batches(Captioner, fn_constructor_kwargs={"cfg": OmegaConf.to_container(c)}, batch_format="pandas",
-                            batch_size=c.batch_size, compute=ray.data.ActorPoolStrategy(size=c.num_actors),
-                            num_gpus=c.num_gpus, num_cpus=c.num_cpus)
+        ds = _pool(ds, "captioner", cf.captioner)
     if cf.enabled and cf.filter.enabled:
-        f = cf.filter
-        ds = ds.map_batches(CaptionFilter, fn_constructor_kwargs={"cfg": OmegaConf.to_container(f)}, batch_format="pandas",
-                            batch_size=f.batch_size, compute=ray.data.ActorPoolStrategy(size=f.num_actors),
-                            num_gpus=f.num_gpus, num_cpus=f.num_cpus)
-    return ds
-
-
-def _finish_row(r: dict) -> dict:
-    syn = list(r.get("synthetic_captions") if r.get("synthetic_captions") is not None else [])
-    r["synthetic_captions"] = [str(x) for x in syn]
-    if "kept_captions" not in r or r["kept_captions"] is None:  # no filter: every caption is kept
-        r["kept_captions"] = [r["web_caption"], *syn] if r["status"] == "ok" else []
-        r["candidate_scores"], r["web_caption_kept"] = [], r["status"] == "ok"
-    r["kept_captions"] = [str(x) for x in r["kept_captions"]]
-    r["candidate_scores"] = [float(x) for x in r["candidate_scores"]]
-    return r
+        ds = _pool(ds, "filter", cf.filter)
+    # Without models the writer fuses with the reader into one task per shard (Ray Data operator fusion).
+    return ds.map_batches(_write, fn_kwargs={"cfg": cfg, "names": names}, batch_size=1, batch_format="pyarrow")
 
 
 def _progress(cfg, t0: float, last: float, records: int, shards_done: int, shards: int) -> float:
@@ -102,43 +85,32 @@ def run(cfg: DataprepConfig) -> dict:
         counts = [n for n in pool.map(count_samples, todo) if n is not None]
     about = f" ({sum(counts)} samples by img2dataset's _stats.json of {len(counts)})" if counts else ""
     print(f"dataprep: {len(shards)} shards, {len(done)} already done, {len(todo)} to do{about}", flush=True)
-    sink_stats: list[dict] = []
-    if todo and not cfg.capfilt.enabled:
-        # One operator: Ray Data's per-operator resource reservation only idles CPUs here (on 2 cores it ran one
-        # task at a time: 157 vs 205 images/s). Set before the dataset is made, which copies the context.
+    n = shards_run = received = 0
+    if todo:
+        # Without models there is one operator, and Ray Data's per-operator resource reservation only idles CPUs
+        # (on 2 cores it ran one task at a time: 157 vs 205 images/s). Set before the dataset copies the context.
         ctx = ray.data.DataContext.get_current()
-        reservation, ctx.op_resource_reservation_enabled = ctx.op_resource_reservation_enabled, False
+        reservation = ctx.op_resource_reservation_enabled
+        ctx.op_resource_reservation_enabled = reservation and cfg.capfilt.enabled
         try:
-            ds = ray.data.from_items([{"shard": s} for s in todo], override_num_blocks=len(todo))
-            n, last = 0, time.time()
-            for row in ds.map(_process_shard, fn_kwargs={"cfg": cfg, "names": names}).iter_rows():
-                sink_stats.append(json.loads(row["stats"]))
-                n += sink_stats[-1]["read"]
-                last = _progress(cfg, t0, last, n, len(sink_stats), len(todo))
+            last = time.time()
+            for row in build_dataset(cfg, todo, names).iter_rows():  # one small JSON per shard: all the driver gets
+                received += len(row["stats"])
+                n += json.loads(row["stats"])["read"]
+                shards_run += 1
+                last = _progress(cfg, t0, last, n, shards_run, len(todo))
         finally:
             ctx.op_resource_reservation_enabled = reservation
-    elif todo:
-        ds = build_dataset(cfg, todo)
-        sink = ShardSink(cfg.output, {}, names, cfg.sink.row_group_size)
-        n, last = 0, time.time()
-        for batch in ds.iter_batches(batch_format="pandas", batch_size=256):
-            for r in batch.to_dict("records"):
-                r = _finish_row(r)
-                if r["source_shard"] not in sink.expected:
-                    sink.expected[r["source_shard"]] = int(r["shard_records"])
-                sink.add(r)
-                n += 1
-            last = _progress(cfg, t0, last, n, len(sink.done), len(todo))
-        sink_stats = sink.done
-        if sink.rows:
-            raise RuntimeError(f"dataprep: shards {list(sink.rows)[:3]} ended incomplete")
     finished = list(finished_shards(cfg.output).values())
     summary = summarize(finished)
     write_output_manifest(cfg.output, finished)
     summary["wall_seconds"] = round(time.time() - t0, 2)
-    summary["shards_this_run"] = len(sink_stats)
-    summary["records_per_second"] = round(sum(s["read"] for s in sink_stats) / max(summary["wall_seconds"], 1e-9), 1)
-    assert summary["read"] == summary["kept"] + summary["filtered"] + summary["rejected"]
+    summary["shards_this_run"] = shards_run
+    summary["records_per_second"] = round(n / max(summary["wall_seconds"], 1e-9), 1)
+    summary["driver_received_bytes"] = received
+    summary["driver_peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    if summary["read"] != summary["kept"] + summary["filtered"] + summary["rejected"]:
+        raise RuntimeError(f"dataprep: accounting broken in {cfg.output}/_progress: {summary}")
     storage.write_text(storage.join(cfg.output, "_summary.json"), json.dumps(summary, indent=2))
     print("dataprep summary: " + json.dumps(summary), flush=True)
     return summary

@@ -8,15 +8,15 @@ Output layout under ``<output>``:
                             shard's counts and its data file's rows, bytes and row groups (for the manifest)
   manifest.json             data/*.parquet with rows, bytes and rows per row group (pipeline/manifest.py)
   _summary.json, config.yaml
-A shard's records are buffered until all of them arrived, then both files are written and the marker
-last, so a killed run redoes only the shards without a marker and never duplicates a record.
+One task writes a whole shard (all its records arrive together, dataprep/shard_rows.py): both files, then
+the marker last, so a killed run redoes only the shards without a marker and never duplicates a record.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections import Counter, defaultdict
+from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -35,41 +35,44 @@ def _parquet_bytes(rows: list[dict], schema: pa.Schema, row_group_size: int | No
     return buf.getvalue()
 
 
-class ShardSink:
-    def __init__(self, output: str, expected: dict[str, int], names: dict[str, str], row_group_size: int = 1000):
-        self.output, self.expected, self.names, self.row_group_size = output, expected, names, row_group_size
-        self.rows: dict[str, list[dict]] = defaultdict(list)
-        self.done: list[dict] = []
+def finish_row(r: dict) -> dict:
+    """A record as written: captions and scores as plain lists; without a filter every caption is kept."""
+    syn = list(r.get("synthetic_captions") if r.get("synthetic_captions") is not None else [])
+    r["synthetic_captions"] = [str(x) for x in syn]
+    if r.get("kept_captions") is None:
+        r["kept_captions"] = [r["web_caption"], *syn] if r["status"] == "ok" else []
+        r["candidate_scores"], r["web_caption_kept"] = [], r["status"] == "ok"
+    r["kept_captions"] = [str(x) for x in r["kept_captions"]]
+    r["candidate_scores"] = [float(x) for x in r["candidate_scores"]]
+    return r
 
-    def add(self, row: dict) -> None:
-        shard = row["source_shard"]
-        self.rows[shard].append(row)
-        if len(self.rows[shard]) == self.expected[shard]:
-            self.flush(shard)
 
-    def flush(self, shard: str) -> None:
-        rows = sorted(self.rows.pop(shard), key=lambda r: r["offset"])  # deterministic row order
-        name = self.names[shard]
-        kept = [r for r in rows if r["status"] == "ok"]
-        bad = [r for r in rows if r["status"] != "ok"]
-        failed = [r for r in rows if r["status"] == "source_failed"]  # not samples: never part of read
-        data = _parquet_bytes([{k: r.get(k) for k in OUTPUT_SCHEMA.names} for r in kept], OUTPUT_SCHEMA,
-                              self.row_group_size)
-        storage.write_bytes(storage.join(self.output, "data", f"{name}.parquet"), data)
-        storage.write_bytes(storage.join(self.output, "rejects", f"{name}.parquet"),
-                            _parquet_bytes([{k: r.get(k) for k in REJECTS_SCHEMA.names} for r in bad], REJECTS_SCHEMA))
-        footer = pq.ParquetFile(io.BytesIO(data)).metadata  # of the bytes in hand: no re-read of the file
-        stats = {"shard": shard, "read": len(rows) - len(failed), "kept": len(kept),
-                 "output": {"path": f"data/{name}.parquet", "rows": len(kept), "bytes": len(data),
-                            "row_groups": [footer.row_group(i).num_rows for i in range(footer.num_row_groups)]},
-                 "source_failed": len(failed),
-                 "source_failed_by_reason": dict(Counter(r["reason"] for r in failed)),
-                 "filtered": sum(r["status"] == "filtered" for r in rows),
-                 "rejected": sum(r["status"] == "rejected" for r in rows),
-                 "rejected_by_reason": dict(Counter(r["reason"] for r in rows if r["status"] == "rejected")),
-                 "filtered_by_reason": dict(Counter(r["reason"] for r in rows if r["status"] == "filtered"))}
-        storage.write_text(storage.join(self.output, "_progress", f"{name}.json"), json.dumps(stats))
-        self.done.append(stats)
+def write_shard(output: str, shard: str, name: str, rows: list[dict], row_group_size: int = 1000) -> dict:
+    """Write one input shard's output (all its records): data, rejects, then the marker; return its stats.
+
+    Called in the cluster (the writer task of dataprep/run.py), once per shard with every record of it, so
+    the three files are written together and a shard is either complete (marker present) or redone whole.
+    """
+    rows = sorted((finish_row(r) for r in rows), key=lambda r: r["offset"])  # deterministic row order
+    kept = [r for r in rows if r["status"] == "ok"]
+    bad = [r for r in rows if r["status"] != "ok"]
+    failed = [r for r in rows if r["status"] == "source_failed"]  # not samples: never part of read
+    data = _parquet_bytes([{k: r.get(k) for k in OUTPUT_SCHEMA.names} for r in kept], OUTPUT_SCHEMA, row_group_size)
+    storage.write_bytes(storage.join(output, "data", f"{name}.parquet"), data)
+    storage.write_bytes(storage.join(output, "rejects", f"{name}.parquet"),
+                        _parquet_bytes([{k: r.get(k) for k in REJECTS_SCHEMA.names} for r in bad], REJECTS_SCHEMA))
+    footer = pq.ParquetFile(io.BytesIO(data)).metadata  # of the bytes in hand: no re-read of the file
+    stats = {"shard": shard, "read": len(rows) - len(failed), "kept": len(kept),
+             "output": {"path": f"data/{name}.parquet", "rows": len(kept), "bytes": len(data),
+                        "row_groups": [footer.row_group(i).num_rows for i in range(footer.num_row_groups)]},
+             "source_failed": len(failed),
+             "source_failed_by_reason": dict(Counter(r["reason"] for r in failed)),
+             "filtered": sum(r["status"] == "filtered" for r in rows),
+             "rejected": sum(r["status"] == "rejected" for r in rows),
+             "rejected_by_reason": dict(Counter(r["reason"] for r in rows if r["status"] == "rejected")),
+             "filtered_by_reason": dict(Counter(r["reason"] for r in rows if r["status"] == "filtered"))}
+    storage.write_text(storage.join(output, "_progress", f"{name}.json"), json.dumps(stats))
+    return stats
 
 
 def finished_shards(output: str) -> dict[str, dict]:
