@@ -203,6 +203,8 @@ def exists(uri: str, cfg: StorageConfig | None = None) -> bool:
 
     def check() -> bool:
         # s3fs's exists() answers False on any error; info() lets a connection error through to the retries.
+        # No cached listing: other processes (the other ranks) write the objects asked about.
+        fs.invalidate_cache(path)
         try:
             fs.info(path)
             return True
