@@ -7,8 +7,8 @@ The model is the paper's stage-1 trainable part: a BERT-base Q-Former (12 layers
 parameters, trained one step with AdamW under DeepSpeed so that the optimizer state exists. The vision tower is a
 one-block stand-in of ViT-g's width: it is frozen and never saved, so its depth does not change the checkpoint.
 Each checkpoint calls the training loop's own ``save_checkpoint``; "blocked" is the time it returns after (local
-write, and the ZeRO-3 gather where it applies), "upload" the time until the background upload is committed (the
-time the loop was blocked before uploads moved off it), and the training steps run meanwhile are counted.
+write, and the ZeRO-3 gather where it applies), "committed" the time until the background upload is in and
+``latest.json`` names it (what the loop was blocked for before uploads moved off it).
 ``--storage moto`` (default) starts a moto S3 server on loopback.
 """
 
@@ -57,7 +57,7 @@ def _moto() -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p",
                              str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+    os.environ.update(AWS_ACCESS_KEY_ID="bench-key-id", AWS_SECRET_ACCESS_KEY="bench-secret", AWS_DEFAULT_REGION="us-east-1",
                       AWS_ENDPOINT_URL=endpoint)
     for _ in range(100):
         try:
@@ -75,6 +75,7 @@ def main() -> None:
     p.add_argument("--storage", default="moto", help="moto (a local moto S3 server), a folder, or s3://bucket/path")
     p.add_argument("--zero-stage", type=int, default=2)
     p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--steps-during-upload", type=int, default=0, help="training steps run while each upload runs")
     a = p.parse_args()
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29591"), RANK="0",
                       WORLD_SIZE="1", LOCAL_RANK="0")
@@ -89,21 +90,22 @@ def main() -> None:
     from pipeline.stages import get_stage
     from pipeline.train import deepspeed_config, save_checkpoint
 
-    moto = None
     work = tempfile.mkdtemp(prefix="ckpt-bench-")
-    if a.storage == "moto":
-        moto, endpoint = _moto()
-        a.storage = "s3://bench/runs"
-        storage.set_default(storage.StorageConfig(endpoint_url=endpoint, region="us-east-1"))
     stage = get_stage("stage1")
     cfg = merge(stage.job_config(), OmegaConf.create({
+        "data": {"uri": "unused: the bench feeds its own batch"},
         "model": {"vision": {"name_or_path": _vision(os.path.join(work, "vision")), "dtype": "fp32"},
                   "qformer": {"tokenizer": _tokenizer(os.makedirs(os.path.join(work, "tok")) or
                                                       os.path.join(work, "tok")), "bert_init": None}},
         "train": {"batch_size": a.batch, "zero_stage": a.zero_stage, "storage_path": a.storage,
                   "run_name": "pause", "num_to_keep": 1}}))
+    moto = None
     dist.init_process_group("gloo")
     try:
+        if a.storage == "moto":
+            moto, endpoint = _moto()
+            cfg.train.storage_path = "s3://bench/runs"
+            storage.set_default(storage.StorageConfig(endpoint_url=endpoint, region="us-east-1"))
         model = stage.build(cfg)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-5)
@@ -118,27 +120,25 @@ def main() -> None:
             engine.step()
             return time.time() - t0
 
-        step()
-        plain = [step() for _ in range(2)]
+        first = step()  # creates the AdamW state
         print(f"stage-1 trainable parameters: {trainable / 1e6:.1f}M; ZeRO-{a.zero_stage}, {torch.get_num_threads()} "
-              f"torch threads; step {sum(plain) / len(plain):.2f} s (batch {a.batch}); storage {a.storage}",
-              flush=True)
+              f"torch threads; one step {first:.1f} s (batch {a.batch}); storage {cfg.train.storage_path}", flush=True)
         uploader = CheckpointUploader(0, 1)
-        run_uri = storage.join(a.storage, "pause")
+        run_uri = storage.join(cfg.train.storage_path, "pause")
         for i in range(1, a.checkpoints + 1):
             t0 = time.time()
             uri = save_checkpoint(engine, engine.module, stage, cfg, run_uri, i, {"epoch": 0}, uploader)
             blocked = time.time() - t0
+            print(f"checkpoint {i}: the step loop was blocked {blocked:.2f} s", flush=True)
             during = []
-            while uploader.busy():
+            for _ in range(a.steps_during_upload):
                 during.append(step())
             uploader.wait()
             total = time.time() - t0
             fs, path = storage.filesystem(uri)
-            size = fs.du(path)
-            print(f"checkpoint {i}: blocked {blocked:.2f} s; committed after {total:.2f} s "
-                  f"({size / 1e9:.2f} GB); {len(during)} training step(s) ran during the upload"
-                  + (f" at {sum(during) / len(during):.2f} s each" if during else ""), flush=True)
+            print(f"checkpoint {i}: committed {total:.2f} s after the save began ({fs.du(path) / 1e9:.2f} GB)"
+                  + (f"; {len(during)} step(s) meanwhile, {sum(during) / len(during):.1f} s each" if during else ""),
+                  flush=True)
     finally:
         dist.destroy_process_group()
         if moto:

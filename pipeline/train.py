@@ -48,6 +48,8 @@ def deepspeed_config(cfg) -> dict:
     if precision == "bf16":
         ds["bf16"] = {"enabled": True}
     elif precision == "fp16":
+        if not torch.cuda.is_available():  # DeepSpeed 0.19 would stop with "Type fp16 is not supported on your device"
+            raise ValueError("train.precision=fp16 needs a GPU: DeepSpeed has no fp16 on CPU; use fp32 or bf16")
         ds["fp16"] = {"enabled": True, "initial_scale_power": 16}
     return ds
 
@@ -190,18 +192,24 @@ def setup(config: dict) -> Worker:
 
 
 def train_step(w: Worker, micro_batches, text_rng: random.Random) -> tuple[dict, dict, float]:
-    """One optimizer step over ``grad_accum`` micro-batches: (last losses, last batch, seconds waiting for data)."""
+    """One optimizer step over ``grad_accum`` micro-batches: (losses averaged over the micro-batches, the last
+    batch with every micro-batch's keys, seconds waiting for data)."""
     t, wait, micro = w.cfg.train, 0.0, 0
+    sums: dict[str, torch.Tensor] = {}
+    keys: list[str] = []
     for batch in micro_batches:
         wait += batch.pop("_wait")
         text_rng.seed(hash((t.seed, w.rank, w.step, micro)) & 0xFFFFFFFF)
         out = w.engine(**w.stage.inputs(w.engine.module, batch, w.engine.device, text_rng))
         losses = w.stage.losses(out)
         w.engine.backward(losses["loss"])
-        w.engine.step()
+        w.engine.step()  # DeepSpeed steps the optimizer on the last micro-batch only
         micro += 1
+        keys += batch["key"]
+        for k, v in losses.items():
+            sums[k] = sums[k] + v.detach() if k in sums else v.detach()
         if micro == t.grad_accum:
-            return losses, batch, wait
+            return {k: v / micro for k, v in sums.items()}, {**batch, "key": keys}, wait
     raise StopIteration
 
 
