@@ -48,8 +48,11 @@ class LatestWatcher(threading.Thread):
 
 
 def test_checkpoint_upload_survives_outage_then_fails_loudly_then_resumes(tiny_zoo, prepped, moto_server,
-                                                                          s3_bucket, reference_run):
-    root, _ = s3_bucket
+                                                                          s3_bucket, reference_run, monkeypatch):
+    from pipeline import storage
+
+    root, scfg = s3_bucket
+    monkeypatch.setattr(storage, "_DEFAULT", scfg)  # load_rows reads the run log from moto itself
     bucket = root[len("s3://"):]
     proxy = CuttableProxy(moto_server).start()
     watcher = LatestWatcher(moto_server, bucket, "runs/faults")
@@ -93,10 +96,7 @@ def test_checkpoint_upload_survives_outage_then_fails_loudly_then_resumes(tiny_z
     assert watcher.seen and all(watcher.seen.values()), watcher.seen  # never an incomplete checkpoint named
     assert set(watcher.seen) <= {4, 8, 12, 16} and 16 in watcher.seen
 
-    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
-    got = [json.loads(x) for x in s3.get_object(Bucket=bucket, Key="runs/faults/metrics.jsonl")["Body"].read()
-           .decode().splitlines()]
-    ref = _metrics(f"{reference_run}/metrics.jsonl")
+    got, ref = _metrics(f"{root}/runs/faults"), _metrics(reference_run)
     assert [x["step"] for x in got] == list(range(1, 17))
     for a, b in zip(ref, got):
         for k in ("itc_loss", "itm_loss", "itg_loss", "loss"):

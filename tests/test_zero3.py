@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from tests.test_train import _run, tiny_args
+from tests.test_train import _metrics, _run, tiny_args
 
 # Four training runs of 2 workers: longer than the suite's 900 s default on a loaded 2-core machine.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
@@ -17,7 +17,8 @@ WIDE = {"model.qformer.hidden_size": 768, "model.qformer.num_heads": 12, "model.
         "model.qformer.bert_init": "null", "train.zero_stage": 3, "train.max_steps": 6, "train.checkpoint_every": 3}
 
 
-def test_zero3_wide_checkpoint_export_stage2_and_resume(tiny_zoo, prepped, s3_bucket, synthetic_batch, tmp_path):
+def test_zero3_wide_checkpoint_export_stage2_and_resume(tiny_zoo, prepped, s3_bucket, synthetic_batch, tmp_path,
+                                                        monkeypatch):
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from safetensors.torch import load as load_st
     from transformers import Blip2ForImageTextRetrieval
@@ -27,6 +28,7 @@ def test_zero3_wide_checkpoint_export_stage2_and_resume(tiny_zoo, prepped, s3_bu
     from pipeline.stages import load_model
 
     root, scfg = s3_bucket
+    monkeypatch.setattr(storage, "_DEFAULT", scfg)  # load_rows reads the run log from moto
     env = {**os.environ, "AWS_ENDPOINT_URL": scfg.endpoint_url}
     s3 = [f"storage.endpoint_url={scfg.endpoint_url}"]
     args = tiny_args(tiny_zoo, prepped, f"{root}/runs", "z3", **WIDE) + s3
@@ -37,7 +39,7 @@ def test_zero3_wide_checkpoint_export_stage2_and_resume(tiny_zoo, prepped, s3_bu
     split = out.split("ZeRO-3 split across 2 ranks: trainable ")[1].split("/")[0]
     assert int(split) > 0, "nothing was partitioned: the test would not exercise the gather"
     run = f"{root}/runs/z3"
-    first = [json.loads(x) for x in storage.read_text(f"{run}/metrics.jsonl", scfg).splitlines()]
+    first = _metrics(run)
     latest = json.loads(storage.read_text(f"{run}/latest.json", scfg))
     assert latest["step"] == 6
 
@@ -77,7 +79,7 @@ def test_zero3_wide_checkpoint_export_stage2_and_resume(tiny_zoo, prepped, s3_bu
     frozen = (r.stdout + r.stderr).split("ZeRO-3 split across 2 ranks: ")[1].split("frozen ")[1].split(" tensors")[0]
     n_split, n_frozen = map(int, frozen.split("/"))
     assert n_split == n_frozen > 0  # the vision tower and the LLM, every tensor
-    rows = [json.loads(x) for x in storage.read_text(f"{root}/runs/z3s2/metrics.jsonl", scfg).splitlines()]
+    rows = _metrics(f"{root}/runs/z3s2")
     assert [x["step"] for x in rows] == [1, 2] and all(x["lm_loss"] > 0 for x in rows)
     s2_state = load_st(storage.read_bytes(f"{root}/runs/z3s2/checkpoints/step_00000002/model.safetensors", scfg))
     assert s2_state["language_projection.weight"].shape[1] == 768
@@ -88,7 +90,7 @@ def test_zero3_wide_checkpoint_export_stage2_and_resume(tiny_zoo, prepped, s3_bu
     r = _run(args, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "at step 3" in r.stdout + r.stderr
-    again = [json.loads(x) for x in storage.read_text(f"{run}/metrics.jsonl", scfg).splitlines()]
+    again = _metrics(run)
     assert [x["step"] for x in again] == list(range(1, 7))
     for a, b in zip(first, again):
         for k in ("itc_loss", "itm_loss", "itg_loss", "loss"):
