@@ -1,10 +1,12 @@
 """The per-worker training loop (DeepSpeed engine under Ray Train) and the driver-side ``fit``.
 
 Checkpoints are written by this loop, not through Ray's checkpoint upload: every rank saves its DeepSpeed
-files (its ZeRO optimizer shard, rank 0 the trainable weights) plus its RNG state to
-``<run>/checkpoints/step_XXXXXXXX/``; after a barrier rank 0 adds ``model.yaml`` / ``model.safetensors``, the
-``COMPLETE`` marker and then ``latest.json``. A restarted worker group (``FailureConfig``) and a rerun of the
-same command both start from ``latest.json``, so a half-written checkpoint is never loaded.
+files (its ZeRO optimizer shard, rank 0 also ``model.yaml`` / ``model.safetensors`` with the trainable weights,
+gathered under ZeRO-3) plus its RNG state to a local staging folder; that is all the step loop waits for. A
+background upload per rank (pipeline/checkpoint_upload.py) copies it to ``<run>/checkpoints/step_XXXXXXXX/``, and
+when every rank's files are in, rank 0 writes the ``COMPLETE`` marker and then ``latest.json``. A restarted worker
+group (``FailureConfig``) and a rerun of the same command both start from ``latest.json``, so a half-written
+checkpoint is never loaded; checkpoint folders it does not name as complete are removed on resume.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch.distributed as dist
 from pipeline import checkpoint as ckpt
 from pipeline import data as D
 from pipeline import storage
+from pipeline.checkpoint_upload import CheckpointUploader, commit
 from pipeline.config import merge
 from pipeline.optim import lr_lambda, param_groups
 from pipeline.run_log import RunLog, load_rows
@@ -37,12 +40,16 @@ def deepspeed_config(cfg) -> dict:
     ds = {"train_micro_batch_size_per_gpu": t.batch_size, "gradient_accumulation_steps": t.grad_accum,
           "zero_optimization": {"stage": t.zero_stage}, "steps_per_print": 10**9, "wall_clock_breakdown": False}
     if t.zero_stage == 3:
-        ds["zero_optimization"].update(stage3_gather_16bit_weights_on_model_save=False)
+        # Checkpoints gather the trainable weights themselves (checkpoint.trainable_state), never the frozen ones.
+        ds["zero_optimization"].update(stage3_gather_16bit_weights_on_model_save=False,
+                                       stage3_param_persistence_threshold=t.zero3_persistence_threshold)
     if cfg.optim.grad_clip > 0:
         ds["gradient_clipping"] = cfg.optim.grad_clip
     if precision == "bf16":
         ds["bf16"] = {"enabled": True}
     elif precision == "fp16":
+        if not torch.cuda.is_available():  # DeepSpeed 0.19 would stop with "Type fp16 is not supported on your device"
+            raise ValueError("train.precision=fp16 needs a GPU: DeepSpeed has no fp16 on CPU; use fp32 or bf16")
         ds["fp16"] = {"enabled": True, "initial_scale_power": 16}
     return ds
 
@@ -59,24 +66,51 @@ def _set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def save_checkpoint(engine, model, stage: Stage, cfg, run_uri: str, step: int, epoch_state: dict) -> str:
+def save_checkpoint(engine, model, stage: Stage, cfg, run_uri: str, step: int, epoch_state: dict,
+                    uploader: CheckpointUploader) -> str:
+    """Write this rank's part of checkpoint ``step`` locally and start its upload; returns the checkpoint URI.
+
+    Blocks for the previous upload if it is still running (never two at once) and for the local write; every rank
+    calls it (DeepSpeed's save and the ZeRO-3 gather are collectives)."""
     rank = dist.get_rank()
     tag = f"step_{step:08d}"
     uri = storage.join(run_uri, "checkpoints", tag)
-    with tempfile.TemporaryDirectory() as d:
-        engine.save_checkpoint(d, tag=tag, client_state={"step": step, **epoch_state}, save_latest=False,
-                               exclude_frozen_parameters=True)
-        torch.save(_rng_state(), os.path.join(d, tag, f"rng_rank{rank:05d}.pt"))
-        storage.upload_dir(os.path.join(d, tag), uri)
-    dist.barrier()  # every rank's files are in storage
-    if rank == 0:
-        ckpt.save_model(model, stage.name, uri)  # model.yaml, trainable weights (for export / stage 2), COMPLETE
-        storage.write_text(storage.join(run_uri, "latest.json"), json.dumps({"tag": tag, "step": step, "uri": uri}))
-        tags = sorted(u.rsplit("/", 1)[-1] for u in storage.listdir(storage.join(run_uri, "checkpoints")))
-        for old in tags[:-cfg.train.num_to_keep] if cfg.train.num_to_keep > 0 else []:
-            storage.remove(storage.join(run_uri, "checkpoints", old))
-    dist.barrier()
+    uploader.wait()  # raises here if the previous checkpoint could not be written
+    staging = tempfile.mkdtemp(prefix=f"ckpt-{tag}-", dir=cfg.train.checkpoint_staging_dir)
+    engine.save_checkpoint(staging, tag=tag, client_state={"step": step, **epoch_state}, save_latest=False,
+                           exclude_frozen_parameters=True)
+    local = os.path.join(staging, tag)
+    torch.save(_rng_state(), os.path.join(local, f"rng_rank{rank:05d}.pt"))
+    state = ckpt.trainable_state(model)  # ZeRO-3: gathered (all ranks take part), kept on rank 0 only
+    if rank == 0:  # model.yaml + the trainable weights, for export and stage 2
+        ckpt.write_model_files(model, stage.name, state, local)
+    del state
+    uploader.start(local, uri, lambda: commit(run_uri, uri, tag, step, cfg.train.num_to_keep))
     return uri
+
+
+def _split_summary(model) -> str:
+    """How much of the model ZeRO-3 partitioned (parameters above the persistence threshold), trainable and frozen."""
+    out = []
+    for kind, want in (("trainable", True), ("frozen", False)):
+        ps = [p for p in model.parameters() if p.requires_grad == want]
+        split = [p for p in ps if hasattr(p, "ds_tensor") and p.ds_tensor.numel() < p.ds_numel]
+        n = sum(getattr(p, "ds_numel", p.numel()) for p in ps)
+        out.append(f"{kind} {len(split)}/{len(ps)} tensors, {sum(p.ds_numel for p in split) / 1e6:.2f}M/{n / 1e6:.2f}M "
+                   "elements")
+    return ", ".join(out)
+
+
+def discard_uncommitted(run_uri: str, latest: dict | None) -> None:
+    """Remove checkpoint folders that latest.json does not name and that are newer than it or incomplete: what a
+    failed attempt left. Without this a stale rank marker from that attempt could complete a new checkpoint of the
+    same step before this attempt's files were in. Rank 0, before the first step (no upload is running)."""
+    tag = latest["tag"] if latest else ""
+    for uri in storage.listdir(storage.join(run_uri, "checkpoints")):
+        name = uri.rsplit("/", 1)[-1]
+        if name != tag and (name > tag or not ckpt.is_complete(uri)):
+            print(f"[train] removing {uri}: not committed (left by an interrupted attempt)", flush=True)
+            storage.remove(uri)
 
 
 def latest_checkpoint(run_uri: str) -> dict | None:
@@ -116,6 +150,7 @@ class Worker:
     log: RunLog | None = None
     pending_keys: list = field(default_factory=list)  # this rank's sample keys per step since the last checkpoint
     window: list = field(default_factory=list)  # metrics since the last ray.train.report
+    uploader: CheckpointUploader | None = None
 
 
 def setup(config: dict) -> Worker:
@@ -138,32 +173,43 @@ def setup(config: dict) -> Worker:
                                                                        cfg.optim.lr, cfg.optim.min_lr))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,
                                            config=deepspeed_config(cfg), dist_init_required=False)
-    w = Worker(stage, cfg, engine, sched, rank, world, storage.join(t.storage_path, t.run_name))
+    w = Worker(stage, cfg, engine, sched, rank, world, storage.join(t.storage_path, t.run_name),
+               uploader=CheckpointUploader(rank, world))
     if rank == 0:
         print(f"[train] {stage.name}: {world} worker(s), {torch.get_num_threads()} torch threads each, "
               f"device {engine.device}", flush=True)
+        if t.zero_stage == 3:
+            print(f"[train] ZeRO-3 split across {world} ranks: {_split_summary(model)}", flush=True)
     latest = latest_checkpoint(w.run_uri)
     if latest:
         w.step = int(load_checkpoint(engine, latest)["step"])
         if rank == 0:
             print(f"[train] resumed from {latest['uri']} at step {w.step}", flush=True)
+    if rank == 0:
+        discard_uncommitted(w.run_uri, latest)
     w.log = RunLog(w.run_uri, w.step) if rank == 0 else None
     return w
 
 
 def train_step(w: Worker, micro_batches, text_rng: random.Random) -> tuple[dict, dict, float]:
-    """One optimizer step over ``grad_accum`` micro-batches: (last losses, last batch, seconds waiting for data)."""
+    """One optimizer step over ``grad_accum`` micro-batches: (losses averaged over the micro-batches, the last
+    batch with every micro-batch's keys, seconds waiting for data)."""
     t, wait, micro = w.cfg.train, 0.0, 0
+    sums: dict[str, torch.Tensor] = {}
+    keys: list[str] = []
     for batch in micro_batches:
         wait += batch.pop("_wait")
         text_rng.seed(hash((t.seed, w.rank, w.step, micro)) & 0xFFFFFFFF)
         out = w.engine(**w.stage.inputs(w.engine.module, batch, w.engine.device, text_rng))
         losses = w.stage.losses(out)
         w.engine.backward(losses["loss"])
-        w.engine.step()
+        w.engine.step()  # DeepSpeed steps the optimizer on the last micro-batch only
         micro += 1
+        keys += batch["key"]
+        for k, v in losses.items():
+            sums[k] = sums[k] + v.detach() if k in sums else v.detach()
         if micro == t.grad_accum:
-            return losses, batch, wait
+            return {k: v / micro for k, v in sums.items()}, {**batch, "key": keys}, wait
     raise StopIteration
 
 
@@ -172,6 +218,7 @@ def bookkeeping(w: Worker, m: dict, keys: list[str], epoch: int) -> None:
     import ray.train
 
     t = w.cfg.train
+    w.uploader.check()  # a checkpoint whose upload failed fails the run here, naming it
     w.window.append(m)
     w.pending_keys.append(keys)
     if w.log:
@@ -183,13 +230,14 @@ def bookkeeping(w: Worker, m: dict, keys: list[str], epoch: int) -> None:
         ray.train.report(_window_means(w.window))
         w.window = []
     if w.step % t.checkpoint_every == 0 or w.step == t.max_steps:
+        w.uploader.wait()  # the previous checkpoint's upload: never two at once, and a failed one stops us here
         _attach_keys(w.log.pending if w.log else [], w.pending_keys, w.world, w.rank)  # one gather per checkpoint
         w.pending_keys = []
         # Metrics first: once latest.json names this step, its rows must already be in storage (a node lost
         # between the two would otherwise resume without them; seen in the node-preemption test).
         if w.log:
             w.log.flush()
-        save_checkpoint(w.engine, w.engine.module, w.stage, w.cfg, w.run_uri, w.step, {"epoch": epoch})
+        save_checkpoint(w.engine, w.engine.module, w.stage, w.cfg, w.run_uri, w.step, {"epoch": epoch}, w.uploader)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -220,6 +268,7 @@ def train_loop_per_worker(config: dict) -> None:
             bookkeeping(w, m, batch["key"], epoch)
             if w.step % per_epoch == 0:
                 break
+    w.uploader.wait()  # the last checkpoint is committed before the worker returns
     if w.log:
         w.log.flush(plot=True)
         w.log.close()

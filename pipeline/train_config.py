@@ -39,6 +39,12 @@ class TrainConfig:
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
     zero_stage: int = 2  # 0 | 1 | 2 | 3
+    # ZeRO-3: parameters of at most this many elements stay whole on every rank (DeepSpeed's default); larger ones,
+    # trainable or frozen (the LLM too), are split across ranks. 0 splits every parameter.
+    zero3_persistence_threshold: int = 100_000
+    # Checkpoints are written here first (the step loop waits only for that) and uploaded in the background;
+    # None = the system temp folder. Needs room for one checkpoint of this worker's.
+    checkpoint_staging_dir: str | None = None
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
     max_failures: int = 3  # worker-group restarts (Ray Train FailureConfig)
     ray_address: str | None = None
