@@ -32,8 +32,25 @@ class Stage2ModelConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     qformer: QFormerConfig = field(default_factory=lambda: QFormerConfig(bert_init=None))
     llm: LLMConfig = field(default_factory=LLMConfig)
-    prompt: str = ""  # pre-training uses no prompt (reference)
+    prompt: str = ""  # pre-training uses no prompt (reference); captioning fine-tuning uses "a photo of"
     max_txt_len: int = 32
+    # The frozen LLM follows the model's train/eval mode, so its dropout is active in training (reference: LAVIS
+    # only pins the ViT to eval; its runner's model.train() reaches the LLM; the released checkpoints were trained
+    # so). False pins the LLM to eval. The weights stay frozen either way.
+    llm_train_mode: bool = True
+
+
+def llm_config(path: str):
+    """The LLM's config as the reference loads it: Flan-T5's gated FFN with exact GELU.
+
+    Flan-T5's config says ``gated-gelu``, which transformers maps to ``gelu_new`` (the tanh approximation). LAVIS
+    (blip2_t5.py) and transformers' BLIP-2 conversion set ``dense_act_fn="gelu"`` before loading, and the released
+    BLIP-2 T5 checkpoints were trained that way (the tanh form moves the logits by ~4e-3 on Flan-T5-XL).
+    """
+    cfg = AutoConfig.from_pretrained(path)
+    if cfg.model_type == "t5" and getattr(cfg, "dense_act_fn", None) == "gelu_new":
+        cfg.dense_act_fn = "gelu"
+    return cfg
 
 
 class Blip2Stage2(nn.Module):
@@ -46,11 +63,11 @@ class Blip2Stage2(nn.Module):
         path = resolve(cfg.llm.name_or_path)
         self.tokenizer = llm_tokenizer or AutoTokenizer.from_pretrained(path)
         if llm is None:
-            llm_cfg = AutoConfig.from_pretrained(path)
+            llm_cfg = llm_config(path)
             cls = AutoModelForSeq2SeqLM if llm_cfg.is_encoder_decoder else AutoModelForCausalLM
-            llm = cls.from_pretrained(path)
+            llm = cls.from_pretrained(path, config=llm_cfg)
         self.encoder_decoder = bool(llm.config.is_encoder_decoder)
-        self.llm = llm.to(DTYPES[cfg.llm.dtype]).eval()
+        self.llm = llm.to(DTYPES[cfg.llm.dtype]).train(cfg.llm_train_mode and self.training)
         for p in self.llm.parameters():
             p.requires_grad_(False)
         self.language_projection = nn.Linear(cfg.qformer.hidden_size, self.llm.config.hidden_size
@@ -62,8 +79,8 @@ class Blip2Stage2(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.llm.eval()  # frozen
-        self.vision.train(mode)
+        self.llm.train(mode and self.cfg.llm_train_mode)
+        self.vision.train(mode)  # the frozen tower pins itself to eval
         return self
 
     @property
@@ -88,14 +105,24 @@ class Blip2Stage2(nn.Module):
         return self.llm.get_input_embeddings()(ids)
 
     # --- text processing (reference: blip2_opt.py / blip2_t5.py) ---
+    def with_prompt(self, text: str) -> str:
+        """``prompt + " " + text``: LAVIS's caption processor prepends "a photo of " (trailing space) to the caption,
+        while the model's prompt ("a photo of") is what it counts as masked tokens."""
+        p = self.cfg.prompt.strip()
+        return f"{p} {text}".strip() if p else text
+
+    def prompt_length(self) -> int:
+        """LLM tokens the prompt takes in front of the text, the BOS included (LAVIS ``prompt_length``)."""
+        p = self.cfg.prompt.strip()
+        return len(self.tokenizer(p).input_ids) if p else 0
+
     def tokenize(self, texts: list[str], rng: random.Random | None = None, device=None) -> dict[str, torch.Tensor]:
         tok, n = self.tokenizer, self.cfg.max_txt_len
         if not self.encoder_decoder:
-            t = tok([x + "\n" for x in texts], padding="longest", truncation=True, max_length=n, return_tensors="pt")
+            t = tok([self.with_prompt(x) + "\n" for x in texts], padding="longest", truncation=True, max_length=n,
+                    return_tensors="pt")
             labels = t.input_ids.masked_fill(t.attention_mask == 0, -100)
-            if self.cfg.prompt:
-                prompt_len = len(tok(self.cfg.prompt).input_ids)  # counts the BOS, as the reference does
-                labels[:, :prompt_len] = -100
+            labels[:, :self.prompt_length()] = -100  # the prompt is input, never a target
             return {k: v.to(device) for k, v in
                     {"input_ids": t.input_ids, "attention_mask": t.attention_mask, "labels": labels}.items()}
         rng = rng or random.Random(0)
@@ -103,10 +130,15 @@ class Blip2Stage2(nn.Module):
         for x in texts:
             words = x.split()
             k = rng.randint(1, max(1, len(words) // 2)) if len(words) > 1 else 0
-            prefixes.append(self.cfg.prompt + " ".join(words[:k]))
+            prefixes.append(self.with_prompt(" ".join(words[:k])))
             suffixes.append(" ".join(words[k:]))
+        return self.encoder_decoder_batch(prefixes, suffixes, device)
+
+    def encoder_decoder_batch(self, prefixes: list[str], targets: list[str], device=None) -> dict[str, torch.Tensor]:
+        """Encoder text (after the soft prompts) and decoder targets, both ``</s>``-terminated, pad -> -100."""
+        tok, n = self.tokenizer, self.cfg.max_txt_len
         p = tok(prefixes, padding="longest", truncation=True, max_length=n, return_tensors="pt")
-        s = tok(suffixes, padding="longest", truncation=True, max_length=n, return_tensors="pt")
+        s = tok(targets, padding="longest", truncation=True, max_length=n, return_tensors="pt")
         return {k: v.to(device) for k, v in {
             "input_ids": p.input_ids, "attention_mask": p.attention_mask,
             "labels": s.input_ids.masked_fill(s.attention_mask == 0, -100),
@@ -127,11 +159,12 @@ class Blip2Stage2(nn.Module):
         return {"logits": logits, "labels": full, "shift": True}
 
     @torch.no_grad()
-    def generate(self, pixel_values, prompt: str | list[str] = "", num_beams: int = 5, max_new_tokens: int = 30,
+    def generate(self, pixel_values, prompt: str | list[str] | None = None, num_beams: int = 5, max_new_tokens: int = 30,
                  min_new_tokens: int = 1, do_sample: bool = False, top_p: float = 0.9, length_penalty: float = 1.0,
                  num_return_sequences: int = 1) -> list[str]:
-        """Captioning (empty prompt) or zero-shot VQA (``VQA_PROMPTS[self.kind].format(question)``)."""
+        """Captioning (``prompt`` None: the model's prompt) or VQA (``VQA_PROMPTS[self.kind].format(question)``)."""
         b = pixel_values.shape[0]
+        prompt = self.cfg.prompt.strip() if prompt is None else prompt
         prompts = [prompt] * b if isinstance(prompt, str) else list(prompt)
         dtype = next(self.llm.parameters()).dtype
         soft = self.soft_prompts(pixel_values).to(dtype)
