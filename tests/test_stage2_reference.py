@@ -6,8 +6,8 @@ import random
 import torch
 from transformers import AutoModelForSeq2SeqLM, OPTForCausalLM
 
+from demo.tiny_zoo import tiny_stage2
 from pipeline.losses import stage2_losses
-from pipeline.models.presets import tiny_stage2
 from pipeline.models.stage2 import Blip2Stage2
 
 
