@@ -11,6 +11,7 @@ caption choice are seeded per (seed, epoch, key), so a sample looks the same whi
 from __future__ import annotations
 
 import io
+import json
 import zlib
 from dataclasses import dataclass
 
@@ -102,7 +103,9 @@ class _Files:
                 self.cache.pop(next(iter(self.cache)))
             if uri.endswith(".parquet"):
                 with storage.open_file(uri, "rb") as f:
-                    t = pq.read_table(io.BytesIO(f.read()), columns=["key", "jpg", "kept_captions"])
+                    pf = pq.ParquetFile(io.BytesIO(f.read()))
+                    cols = ["key", "jpg", "kept_captions"] + (["meta"] if "meta" in pf.schema_arrow.names else [])
+                    t = pf.read(columns=cols)
                 self.cache[uri] = t.to_pydict()
             else:
                 recs = _tar_records(uri)
@@ -129,9 +132,17 @@ def random_resized_crop(img: Image.Image, size: int, rng: np.random.Generator, m
     return img.resize((size, size), Image.BICUBIC, box=(x, y, x + s, y + s))
 
 
+def _question(d: dict, row: int) -> str:
+    """A VQA record's question (``meta`` JSON, written by dataprep/annotations.py); "" for caption records."""
+    meta = d.get("meta", [None] * (row + 1))[row]
+    return str(json.loads(meta).get("question", "")) if meta else ""
+
+
 def decode_batch(batch: dict, files: list[str], cfg: DataConfig, seed: int, train: bool = True) -> dict:
-    """Ray Data UDF: {'file', 'row', 'epoch'} -> {'pixel_values' [N,3,S,S] float32, 'caption', 'key'}."""
-    pix, caps, keys = [], [], []
+    """Ray Data UDF: {'file', 'row', 'epoch'} -> {'pixel_values' [N,3,S,S] float32, 'caption', 'question', 'key'}.
+
+    For a VQA record 'caption' is one of its answers (drawn like a caption) and 'question' its question."""
+    pix, caps, keys, questions = [], [], [], []
     for fi, row, epoch in zip(batch["file"], batch["row"], batch["epoch"]):
         d = _FILES.get(files[int(fi)])
         key = d["key"][int(row)]
@@ -145,9 +156,11 @@ def decode_batch(batch: dict, files: list[str], cfg: DataConfig, seed: int, trai
             img = img.resize((cfg.image_size, cfg.image_size), Image.BICUBIC)
         kept = list(d["kept_captions"][int(row)]) or [""]
         caps.append(str(kept[int(rng.integers(0, len(kept)))]))  # one of the kept captions per step
+        questions.append(_question(d, int(row)))
         pix.append(normalize(np.asarray(img)))
         keys.append(key)
-    return {"pixel_values": np.stack(pix), "caption": np.array(caps, dtype=object), "key": np.array(keys, dtype=object)}
+    return {"pixel_values": np.stack(pix), "caption": np.array(caps, dtype=object), "key": np.array(keys, dtype=object),
+            "question": np.array(questions, dtype=object)}
 
 
 def rank_batches(files: list[tuple[str, int]], cfg: DataConfig, seed: int, batch: int, world: int, rank: int,
@@ -173,5 +186,6 @@ def _collate(batch: dict) -> dict:
     import torch
 
     return {"pixel_values": torch.from_numpy(np.ascontiguousarray(batch["pixel_values"])),
-            "caption": [str(c) for c in batch["caption"]], "key": [str(k) for k in batch["key"]]}
+            "caption": [str(c) for c in batch["caption"]], "key": [str(k) for k in batch["key"]],
+            "question": [str(q) for q in batch["question"]]}
 
