@@ -16,7 +16,9 @@ import torch
 
 from pipeline import checkpoint as ckpt
 from pipeline.config import merge
+from pipeline.finetune_stages import FINETUNE_STAGES
 from pipeline.losses import stage1_losses, stage2_losses
+from pipeline.optim import param_groups
 from pipeline.storage import StorageConfig
 
 
@@ -43,6 +45,10 @@ class Stage:
 
     def losses(self, out) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def param_groups(self, model, cfg) -> list[dict]:
+        """AdamW parameter groups (fine-tuning adds layer-wise lr decay over the image encoder)."""
+        return param_groups(model, cfg.optim.weight_decay)
 
     def export(self, model, out_dir: str) -> None:
         raise NotImplementedError
@@ -127,6 +133,7 @@ class Stage2(Stage):
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in (Stage1(), Stage2())}
+STAGES.update({s.name: s for s in FINETUNE_STAGES})  # the fine-tuning recipes, same interface
 
 
 def get_stage(name: str | int) -> Stage:

@@ -6,7 +6,8 @@ import os
 import pytest
 
 from dataprep.config import DataprepConfig
-from pipeline.config import load_config
+from pipeline.config import load_config, load_yaml
+from pipeline.finetune_config import JOB_CONFIGS
 from pipeline.train_config import Stage1JobConfig, Stage2JobConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -15,7 +16,8 @@ SCHEMAS = {"stage1": Stage1JobConfig, "stage2": Stage2JobConfig, "dataprep": Dat
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml"))))
 def test_config_parses(path):
-    schema = SCHEMAS[os.path.basename(path).split("_")[0].split(".")[0]]
+    kind = os.path.basename(path).split("_")[0].split(".")[0]
+    schema = JOB_CONFIGS[load_yaml(path).recipe] if kind == "finetune" else SCHEMAS[kind]
     cfg = load_config(schema, ["--config", path, "input=x", "output=y"] if schema is DataprepConfig
                       else ["--config", path, "data.uri=x"])
     assert cfg is not None
