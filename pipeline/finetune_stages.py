@@ -1,13 +1,13 @@
-"""The fine-tuning recipes as stages (:class:`pipeline.stages.Stage`'s interface): the same Ray Train + DeepSpeed loop, checkpoints,
-resume and metrics as pretraining; what differs is the model config (image encoder trained, prompts, the VQA
-question in the Q-Former), the optimizer's layer-wise lr decay, the inputs a batch becomes and the export."""
+"""What the fine-tuning stages (captioning, VQA, retrieval; registered in pipeline/stages.py) add to the pretraining
+stages: the same Ray Train + DeepSpeed loop, checkpoints, resume and metrics; what differs is the model config
+(image encoder trained, prompts, the VQA question in the Q-Former), the initialisation from any earlier
+checkpoint, the optimizer's layer-wise lr decay, the VQA inputs and the exports."""
 
 from __future__ import annotations
 
 from pipeline import checkpoint as ckpt
 from pipeline.config import ConfigError
 from pipeline.layer_decay import layer_decay_groups
-from pipeline.losses import stage1_losses, stage2_losses
 
 
 def init_from_checkpoint(model, uri: str) -> list[str]:
@@ -23,12 +23,11 @@ def init_from_checkpoint(model, uri: str) -> list[str]:
                   and not n.startswith("vision.tower."))
 
 
-class FinetuneStage:
-    """Implements the :class:`pipeline.stages.Stage` interface; not a subclass because stages.py registers these
-    stages (importing it here would make an import cycle)."""
+class FinetuneMixin:
+    """What a fine-tuning stage adds to the pretraining stage whose model it trains (stages.py combines the two:
+    ``class CaptionStage(FinetuneMixin, Stage2)``): its name, job schema, initialisation and optimizer groups."""
 
     recipe: str
-    hf_class: str
 
     @property
     def name(self) -> str:
@@ -61,76 +60,9 @@ class FinetuneStage:
                                   model.vision.tower.config.num_hidden_layers)
 
 
-class CaptionStage(FinetuneStage):
-    """Stage-2 model, LM loss after the prompt "a photo of", image encoder trained."""
-
-    recipe, hf_class = "caption", "Blip2ForConditionalGeneration"
-
-    def model_config(self):
-        from pipeline.models.stage2 import Stage2ModelConfig
-
-        return Stage2ModelConfig
-
-    def new_model(self, model_cfg):
-        from pipeline.models.stage2 import Blip2Stage2
-
-        return Blip2Stage2(model_cfg)
-
-    def inputs(self, model, batch, device, rng):
-        return {"pixel_values": batch["pixel_values"].to(device),
-                **model.tokenize(batch["caption"], rng=rng, device=device)}
-
-    def losses(self, out):
-        return stage2_losses(out)
-
-    def export(self, model, out_dir):
-        from pipeline.models.export_finetune import export_caption
-
-        export_caption(model, out_dir)
-
-
-class VqaStage(CaptionStage):
-    """Stage-2 model whose Q-Former reads the question; loss on the answer tokens only."""
-
-    recipe, hf_class = "vqa", "InstructBlipForConditionalGeneration"
-
-    def inputs(self, model, batch, device, rng):
-        if not any(batch["question"]):
-            raise ValueError("VQA fine-tuning data has no questions: convert VQAv2 with jobs/finetune_data.py vqav2")
-        return {"pixel_values": batch["pixel_values"].to(device),
-                **model.tokenize_vqa(batch["question"], batch["caption"], device=device)}
-
-    def export(self, model, out_dir):
-        from pipeline.models.export_finetune import export_vqa
-
-        export_vqa(model, out_dir)
-
-
-class RetrievalStage(FinetuneStage):
-    """Stage-1 model (ITC + ITM + ITG), image encoder trained."""
-
-    recipe, hf_class = "retrieval", "Blip2ForImageTextRetrieval"
-
-    def model_config(self):
-        from pipeline.models.stage1 import Stage1ModelConfig
-
-        return Stage1ModelConfig
-
-    def new_model(self, model_cfg):
-        from pipeline.models.stage1 import Blip2Stage1
-
-        return Blip2Stage1(model_cfg)
-
-    def inputs(self, model, batch, device, rng):
-        return {"pixel_values": batch["pixel_values"].to(device), **model.tokenize(batch["caption"], device=device)}
-
-    def losses(self, out):
-        return stage1_losses(out)
-
-    def export(self, model, out_dir):
-        from pipeline.models.export import export_stage1
-
-        export_stage1(model, out_dir)
-
-
-FINETUNE_STAGES = (CaptionStage(), VqaStage(), RetrievalStage())
+def vqa_inputs(model, batch: dict, device) -> dict:
+    """A VQA batch: the question into the Q-Former and the LLM prompt, the answer (drawn like a caption) as target."""
+    if not any(batch["question"]):
+        raise ValueError("VQA fine-tuning data has no questions: convert VQAv2 with jobs/finetune_data.py vqav2")
+    return {"pixel_values": batch["pixel_values"].to(device),
+            **model.tokenize_vqa(batch["question"], batch["caption"], device=device)}

@@ -69,6 +69,8 @@ class Blip2Stage2(nn.Module):
             self.qformer_tokenizer = load_tokenizer(cfg.qformer.tokenizer)
             self.qformer = QFormer(cfg.qformer, self.vision.width, len(self.qformer_tokenizer), text=True)
             self.qformer.lm_head = None  # only the query outputs are used (reference deletes Qformer.cls too)
+            if cfg.qformer.bert_init:  # text embeddings and FFN from BERT until a checkpoint overwrites them
+                self.qformer.load_bert(cfg.qformer.bert_init)
             # The last layer's text FFN feeds only the question's outputs, which nothing reads: frozen, not trained.
             last = self.qformer.qformer.encoder.layer[-1]
             for p in [*last.intermediate.parameters(), *last.output.parameters()]:
