@@ -189,12 +189,21 @@ def _open_parquet(path: str) -> pq.ParquetFile:
 def _tar_rows(uri: str) -> dict[str, list]:
     recs = [r for r in read_tar(uri) if r["image"] is not None]  # the manifest counts keys with an image
     return {"key": [r["key"] for r in recs], "jpg": [r["image"] for r in recs],
-            "kept_captions": [[(r["caption"] or b"").decode("utf-8", "replace").strip()] for r in recs]}
+            "kept_captions": [[(r["caption"] or b"").decode("utf-8", "replace").strip()] for r in recs],
+            "question": [_question(r["meta"]) for r in recs]}
+
+
+def _question(meta: str | None) -> str:
+    """A VQA record's question (its ``meta`` JSON, as dataprep/annotations.py writes it); "" for captions."""
+    try:
+        return str(json.loads(meta).get("question", "")) if meta else ""
+    except (ValueError, AttributeError):
+        return ""
 
 
 def read_window(item: dict) -> dict[str, list]:
     """The window's rows (its pieces concatenated): only its row groups and the training columns are read."""
-    out: dict[str, list] = {c: [] for c in COLUMNS}
+    out: dict[str, list] = {c: [] for c in [*COLUMNS, "question"]}
     opened: dict[int, pq.ParquetFile] = {}
     try:
         for f, g, a, b, _ in item["pieces"]:
@@ -202,10 +211,12 @@ def read_window(item: dict) -> dict[str, list]:
             if path.endswith(".parquet"):
                 if f not in opened:
                     opened[f] = _open_parquet(path)
-                cols = opened[f].read_row_groups([g], columns=COLUMNS).slice(a, b - a).to_pydict()
+                has_meta = "meta" in opened[f].schema_arrow.names  # VQA records carry their question there
+                cols = opened[f].read_row_groups([g], columns=COLUMNS + ["meta"] * has_meta).slice(a, b - a).to_pydict()
+                cols["question"] = [_question(m) for m in cols.pop("meta", [None] * (b - a))]
             else:
                 cols = {k: v[a:b] for k, v in _tar_rows(path).items()}
-            for c in COLUMNS:
+            for c in out:
                 out[c] += cols[c]
     finally:
         for pf in opened.values():
@@ -230,8 +241,9 @@ def random_resized_crop(img: Image.Image, size: int, rng: np.random.Generator, m
 
 
 def decode_samples(keys: list[str], jpgs: list[bytes], captions: list, epoch: int, cfg: DataConfig, seed: int,
-                   train: bool = True) -> dict:
-    """Decode + augment: -> {'pixel_values' [N,3,S,S] float32, 'caption', 'key'}, seeded per (seed, epoch, key)."""
+                   train: bool = True, questions: list[str] | None = None) -> dict:
+    """Decode + augment: -> {'pixel_values' [N,3,S,S] float32, 'caption', 'question', 'key'}, seeded per
+    (seed, epoch, key). For a VQA record 'caption' is one of its answers and 'question' its question."""
     pix, caps = [], []
     for key, jpg, kept in zip(keys, jpgs, captions):
         rng = np.random.default_rng([seed, int(epoch), zlib.crc32(key.encode())])
@@ -246,7 +258,8 @@ def decode_samples(keys: list[str], jpgs: list[bytes], captions: list, epoch: in
         caps.append(str(kept[int(rng.integers(0, len(kept)))]))  # one of the kept captions per step
         pix.append(normalize(np.asarray(img)))
     return {"pixel_values": np.stack(pix), "caption": np.array(caps, dtype=object),
-            "key": np.array(list(keys), dtype=object)}
+            "key": np.array(list(keys), dtype=object),
+            "question": np.array(list(questions) if questions is not None else [""] * len(caps), dtype=object)}
 
 
 def decode_windows(batch: dict, cfg: DataConfig, seed: int):
@@ -258,7 +271,8 @@ def decode_windows(batch: dict, cfg: DataConfig, seed: int):
         for c in range(0, len(order), cfg.decode_batch_size):
             idx = order[c:c + cfg.decode_batch_size]
             yield decode_samples([rows["key"][i] for i in idx], [rows["jpg"][i] for i in idx],
-                                 [rows["kept_captions"][i] for i in idx], item["epoch"], cfg, seed)
+                                 [rows["kept_captions"][i] for i in idx], item["epoch"], cfg, seed,
+                                 questions=[rows["question"][i] for i in idx])
 
 
 def rank_batches(index: Index, cfg: DataConfig, seed: int, batch: int, grad_accum: int, world: int, rank: int,
@@ -284,4 +298,5 @@ def _collate(batch: dict) -> dict:
     import torch
 
     return {"pixel_values": torch.from_numpy(np.ascontiguousarray(batch["pixel_values"])),
-            "caption": [str(c) for c in batch["caption"]], "key": [str(k) for k in batch["key"]]}
+            "caption": [str(c) for c in batch["caption"]], "key": [str(k) for k in batch["key"]],
+            "question": [str(q) for q in batch["question"]]}

@@ -16,7 +16,9 @@ import torch
 
 from pipeline import checkpoint as ckpt
 from pipeline.config import merge
+from pipeline.finetune_stages import FinetuneMixin, vqa_inputs
 from pipeline.losses import stage1_losses, stage2_losses
+from pipeline.optim import param_groups
 from pipeline.storage import StorageConfig
 
 
@@ -43,6 +45,10 @@ class Stage:
 
     def losses(self, out) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def param_groups(self, model, cfg) -> list[dict]:
+        """AdamW parameter groups (fine-tuning adds layer-wise lr decay over the image encoder)."""
+        return param_groups(model, cfg.optim.weight_decay)
 
     def export(self, model, out_dir: str) -> None:
         raise NotImplementedError
@@ -127,6 +133,38 @@ class Stage2(Stage):
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in (Stage1(), Stage2())}
+class CaptionStage(FinetuneMixin, Stage2):
+    """Stage-2 model, LM loss after the prompt "a photo of", image encoder trained."""
+
+    recipe, hf_class = "caption", "Blip2ForConditionalGeneration"
+
+    def export(self, model, out_dir):
+        from pipeline.models.export_finetune import export_caption
+
+        export_caption(model, out_dir)
+
+
+class VqaStage(FinetuneMixin, Stage2):
+    """Stage-2 model whose Q-Former reads the question; loss on the answer tokens only."""
+
+    recipe, hf_class = "vqa", "InstructBlipForConditionalGeneration"
+
+    def inputs(self, model, batch, device, rng):
+        return vqa_inputs(model, batch, device)
+
+    def export(self, model, out_dir):
+        from pipeline.models.export_finetune import export_vqa
+
+        export_vqa(model, out_dir)
+
+
+class RetrievalStage(FinetuneMixin, Stage1):
+    """Stage-1 model (ITC + ITM + ITG), image encoder trained."""
+
+    recipe = "retrieval"
+
+
+STAGES.update({s.name: s for s in (CaptionStage(), VqaStage(), RetrievalStage())})  # fine-tuning recipes
 
 
 def get_stage(name: str | int) -> Stage:

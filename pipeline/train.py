@@ -27,7 +27,7 @@ from pipeline import data as D
 from pipeline import storage
 from pipeline.checkpoint_upload import CheckpointUploader, commit
 from pipeline.config import merge
-from pipeline.optim import lr_lambda, param_groups
+from pipeline.optim import lr_lambda
 from pipeline.run_log import RunLog, load_rows
 from pipeline.stages import Stage, get_stage
 
@@ -168,7 +168,7 @@ def setup(config: dict) -> Worker:
     torch.manual_seed(t.seed + rank)
     random.seed(t.seed + rank)
     model = stage.build(cfg)
-    opt = torch.optim.AdamW(param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+    opt = torch.optim.AdamW(stage.param_groups(model, cfg), lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, cfg.optim.warmup_steps, t.max_steps,
                                                                        cfg.optim.lr, cfg.optim.min_lr))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched,

@@ -15,7 +15,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from pipeline.models.loading import resolve
-from pipeline.models.qformer import QFormer, QFormerConfig
+from pipeline.models.qformer import QFormer, QFormerConfig, load_tokenizer
 from pipeline.models.vision import DTYPES, VisionConfig, build_vision
 
 VQA_PROMPTS = {"decoder": "Question: {} Answer:", "encoder_decoder": "Question: {} Short answer:"}
@@ -32,8 +32,31 @@ class Stage2ModelConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     qformer: QFormerConfig = field(default_factory=lambda: QFormerConfig(bert_init=None))
     llm: LLMConfig = field(default_factory=LLMConfig)
-    prompt: str = ""  # pre-training uses no prompt (reference)
+    prompt: str = ""  # pre-training uses no prompt (reference); captioning fine-tuning uses "a photo of"
     max_txt_len: int = 32
+    # The frozen LLM follows the model's train/eval mode, so its dropout is active in training (reference: LAVIS
+    # only pins the ViT to eval; its runner's model.train() reaches the LLM; the released checkpoints were trained
+    # so). False pins the LLM to eval. The weights stay frozen either way.
+    llm_train_mode: bool = True
+    # Flan-T5: split each caption at a random word into encoder prefix and decoder suffix (pretraining's prefix LM);
+    # False: the encoder gets only the prompt and the decoder the whole caption (captioning fine-tuning).
+    prefix_split: bool = True
+    # VQA fine-tuning: the question also goes into the Q-Former with the queries (the Q-Former's text input, its
+    # word embeddings and text FFN kept from stage 1), so the queries extract what the question asks about.
+    qformer_text_input: bool = False
+
+
+def llm_config(path: str):
+    """The LLM's config as the reference loads it: Flan-T5's gated FFN with exact GELU.
+
+    Flan-T5's config says ``gated-gelu``, which transformers maps to ``gelu_new`` (the tanh approximation). LAVIS
+    (blip2_t5.py) and transformers' BLIP-2 conversion set ``dense_act_fn="gelu"`` before loading, and the released
+    BLIP-2 T5 checkpoints were trained that way (the tanh form moves the logits by ~4e-3 on Flan-T5-XL).
+    """
+    cfg = AutoConfig.from_pretrained(path)
+    if cfg.model_type == "t5" and getattr(cfg, "dense_act_fn", None) == "gelu_new":
+        cfg.dense_act_fn = "gelu"
+    return cfg
 
 
 class Blip2Stage2(nn.Module):
@@ -42,15 +65,27 @@ class Blip2Stage2(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.vision = vision if vision is not None else build_vision(cfg.vision)
-        self.qformer = QFormer(cfg.qformer, self.vision.width, vocab_size=2, text=False)  # text branch dropped
+        if cfg.qformer_text_input:
+            self.qformer_tokenizer = load_tokenizer(cfg.qformer.tokenizer)
+            self.qformer = QFormer(cfg.qformer, self.vision.width, len(self.qformer_tokenizer), text=True)
+            self.qformer.lm_head = None  # only the query outputs are used (reference deletes Qformer.cls too)
+            if cfg.qformer.bert_init:  # text embeddings and FFN from BERT until a checkpoint overwrites them
+                self.qformer.load_bert(cfg.qformer.bert_init)
+            # The last layer's text FFN feeds only the question's outputs, which nothing reads: frozen, not trained.
+            last = self.qformer.qformer.encoder.layer[-1]
+            for p in [*last.intermediate.parameters(), *last.output.parameters()]:
+                p.requires_grad_(False)
+        else:
+            self.qformer_tokenizer = None
+            self.qformer = QFormer(cfg.qformer, self.vision.width, vocab_size=2, text=False)  # text branch dropped
         path = resolve(cfg.llm.name_or_path)
         self.tokenizer = llm_tokenizer or AutoTokenizer.from_pretrained(path)
         if llm is None:
-            llm_cfg = AutoConfig.from_pretrained(path)
+            llm_cfg = llm_config(path)
             cls = AutoModelForSeq2SeqLM if llm_cfg.is_encoder_decoder else AutoModelForCausalLM
-            llm = cls.from_pretrained(path)
+            llm = cls.from_pretrained(path, config=llm_cfg)
         self.encoder_decoder = bool(llm.config.is_encoder_decoder)
-        self.llm = llm.to(DTYPES[cfg.llm.dtype]).eval()
+        self.llm = llm.to(DTYPES[cfg.llm.dtype]).train(cfg.llm_train_mode and self.training)
         for p in self.llm.parameters():
             p.requires_grad_(False)
         self.language_projection = nn.Linear(cfg.qformer.hidden_size, self.llm.config.hidden_size
@@ -62,8 +97,8 @@ class Blip2Stage2(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.llm.eval()  # frozen
-        self.vision.train(mode)
+        self.llm.train(mode and self.cfg.llm_train_mode)
+        self.vision.train(mode)  # the frozen tower pins itself to eval
         return self
 
     @property
@@ -80,41 +115,98 @@ class Blip2Stage2(nn.Module):
         self.load_state_dict(keep, strict=False)
         return sorted(set(state) - set(keep))
 
-    def soft_prompts(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def soft_prompts(self, pixel_values: torch.Tensor, qformer_input_ids: torch.Tensor | None = None,
+                     qformer_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         image_embeds = self.vision(pixel_values)
-        return self.language_projection(self.qformer.encode_queries(image_embeds))
+        if qformer_input_ids is None:
+            if self.cfg.qformer_text_input:
+                raise ValueError("model.qformer_text_input is set: pass the question as qformer_input_ids")
+            return self.language_projection(self.qformer.encode_queries(image_embeds))
+        # Queries and question attend to each other; the queries alone (first Q outputs) become the soft prompts.
+        hidden = self.qformer.encode_multimodal(qformer_input_ids, qformer_attention_mask, image_embeds)
+        return self.language_projection(hidden[:, : self.qformer.num_query])
+
+    def qformer_text(self, texts: list[str], device=None) -> dict[str, torch.Tensor]:
+        """The Q-Former's text input (BERT tokens, right-truncated at qformer.max_txt_len)."""
+        t = self.qformer_tokenizer(texts, padding="longest", truncation=True,
+                                   max_length=self.cfg.qformer.max_txt_len, return_tensors="pt")
+        return {"qformer_input_ids": t.input_ids.to(device), "qformer_attention_mask": t.attention_mask.to(device)}
 
     def _embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.llm.get_input_embeddings()(ids)
 
     # --- text processing (reference: blip2_opt.py / blip2_t5.py) ---
+    def with_prompt(self, text: str) -> str:
+        """``prompt + " " + text``: LAVIS's caption processor prepends "a photo of " (trailing space) to the caption,
+        while the model's prompt ("a photo of") is what it counts as masked tokens."""
+        p = self.cfg.prompt.strip()
+        return f"{p} {text}".strip() if p else text
+
+    def prompt_length(self) -> int:
+        """LLM tokens the prompt takes in front of the text, the BOS included (LAVIS ``prompt_length``)."""
+        p = self.cfg.prompt.strip()
+        return len(self.tokenizer(p).input_ids) if p else 0
+
     def tokenize(self, texts: list[str], rng: random.Random | None = None, device=None) -> dict[str, torch.Tensor]:
         tok, n = self.tokenizer, self.cfg.max_txt_len
         if not self.encoder_decoder:
-            t = tok([x + "\n" for x in texts], padding="longest", truncation=True, max_length=n, return_tensors="pt")
+            t = tok([self.with_prompt(x) + "\n" for x in texts], padding="longest", truncation=True, max_length=n,
+                    return_tensors="pt")
             labels = t.input_ids.masked_fill(t.attention_mask == 0, -100)
-            if self.cfg.prompt:
-                prompt_len = len(tok(self.cfg.prompt).input_ids)  # counts the BOS, as the reference does
-                labels[:, :prompt_len] = -100
+            labels[:, :self.prompt_length()] = -100  # the prompt is input, never a target
             return {k: v.to(device) for k, v in
                     {"input_ids": t.input_ids, "attention_mask": t.attention_mask, "labels": labels}.items()}
+        if not self.cfg.prefix_split:  # prompt -> the whole caption
+            return self.encoder_decoder_batch([self.cfg.prompt.strip()] * len(texts), texts, device)
         rng = rng or random.Random(0)
         prefixes, suffixes = [], []
         for x in texts:
             words = x.split()
             k = rng.randint(1, max(1, len(words) // 2)) if len(words) > 1 else 0
-            prefixes.append(self.cfg.prompt + " ".join(words[:k]))
+            prefixes.append(self.with_prompt(" ".join(words[:k])))
             suffixes.append(" ".join(words[k:]))
+        return self.encoder_decoder_batch(prefixes, suffixes, device)
+
+    def vqa_prompt(self, question: str) -> str:
+        return VQA_PROMPTS[self.kind].format(question)
+
+    def tokenize_vqa(self, questions: list[str], answers: list[str], device=None) -> dict[str, torch.Tensor]:
+        """Answer generation: the LLM reads the question prompt; only the answer tokens are targets.
+
+        Decoder-only: ``prompt(question) + " " + answer + "\n"`` with the prompt's tokens (BOS included) at -100.
+        Encoder-decoder: the encoder reads ``prompt(question)``, the decoder predicts the answer.
+        The Q-Former gets the bare question (with the queries) when ``model.qformer_text_input`` is set.
+        """
+        prompts = [self.vqa_prompt(q) for q in questions]
+        if self.encoder_decoder:
+            out = self.encoder_decoder_batch(prompts, answers, device)
+        else:
+            tok = self.tokenizer
+            t = tok([f"{p} {a}\n" for p, a in zip(prompts, answers)], padding="longest", truncation=True,
+                    max_length=self.cfg.max_txt_len, return_tensors="pt")
+            labels = t.input_ids.masked_fill(t.attention_mask == 0, -100)
+            for i, p in enumerate(prompts):  # prompts differ in length: mask each row's own
+                labels[i, : len(tok(p).input_ids)] = -100
+            out = {k: v.to(device) for k, v in
+                   {"input_ids": t.input_ids, "attention_mask": t.attention_mask, "labels": labels}.items()}
+        if self.cfg.qformer_text_input:
+            out.update(self.qformer_text(questions, device))
+        return out
+
+    def encoder_decoder_batch(self, prefixes: list[str], targets: list[str], device=None) -> dict[str, torch.Tensor]:
+        """Encoder text (after the soft prompts) and decoder targets, both ``</s>``-terminated, pad -> -100."""
+        tok, n = self.tokenizer, self.cfg.max_txt_len
         p = tok(prefixes, padding="longest", truncation=True, max_length=n, return_tensors="pt")
-        s = tok(suffixes, padding="longest", truncation=True, max_length=n, return_tensors="pt")
+        s = tok(targets, padding="longest", truncation=True, max_length=n, return_tensors="pt")
         return {k: v.to(device) for k, v in {
             "input_ids": p.input_ids, "attention_mask": p.attention_mask,
             "labels": s.input_ids.masked_fill(s.attention_mask == 0, -100),
             "decoder_attention_mask": s.attention_mask}.items()}
 
-    def forward(self, pixel_values, input_ids, attention_mask, labels, decoder_attention_mask=None) -> dict:
+    def forward(self, pixel_values, input_ids, attention_mask, labels, decoder_attention_mask=None,
+                qformer_input_ids=None, qformer_attention_mask=None) -> dict:
         dtype = next(self.llm.parameters()).dtype
-        soft = self.soft_prompts(pixel_values).to(dtype)
+        soft = self.soft_prompts(pixel_values, qformer_input_ids, qformer_attention_mask).to(dtype)
         b, q = soft.shape[:2]
         embeds = torch.cat([soft, self._embed(input_ids)], 1)
         mask = torch.cat([torch.ones(b, q, dtype=attention_mask.dtype, device=soft.device), attention_mask], 1)
@@ -127,14 +219,21 @@ class Blip2Stage2(nn.Module):
         return {"logits": logits, "labels": full, "shift": True}
 
     @torch.no_grad()
-    def generate(self, pixel_values, prompt: str | list[str] = "", num_beams: int = 5, max_new_tokens: int = 30,
+    def generate(self, pixel_values, prompt: str | list[str] | None = None, num_beams: int = 5, max_new_tokens: int = 30,
                  min_new_tokens: int = 1, do_sample: bool = False, top_p: float = 0.9, length_penalty: float = 1.0,
-                 num_return_sequences: int = 1) -> list[str]:
-        """Captioning (empty prompt) or zero-shot VQA (``VQA_PROMPTS[self.kind].format(question)``)."""
+                 num_return_sequences: int = 1, questions: list[str] | None = None) -> list[str]:
+        """Captioning (``prompt`` None: the model's prompt) or VQA: ``questions`` (the prompt is then
+        ``VQA_PROMPTS[self.kind]`` around each, and with ``model.qformer_text_input`` the Q-Former reads them too)."""
         b = pixel_values.shape[0]
+        prompt = self.cfg.prompt.strip() if prompt is None else prompt
         prompts = [prompt] * b if isinstance(prompt, str) else list(prompt)
+        qtext = {}
+        if questions is not None:
+            prompts = [self.vqa_prompt(q) for q in questions]
+            if self.cfg.qformer_text_input:
+                qtext = self.qformer_text(list(questions), pixel_values.device)
         dtype = next(self.llm.parameters()).dtype
-        soft = self.soft_prompts(pixel_values).to(dtype)
+        soft = self.soft_prompts(pixel_values, **qtext).to(dtype)
         side = self.tokenizer.padding_side
         self.tokenizer.padding_side = "left" if not self.encoder_decoder else "right"
         t = self.tokenizer(prompts, padding="longest", return_tensors="pt").to(soft.device)

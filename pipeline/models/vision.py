@@ -1,4 +1,5 @@
-"""The frozen image encoder (+ the trainable ``ln_vision`` LayerNorm on top of it)."""
+"""The image encoder (+ the trainable ``ln_vision`` LayerNorm on top of it): frozen in pretraining, trained
+(optionally at a larger image size, with gradient checkpointing) in fine-tuning."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, Blip2VisionConfig, Blip2VisionModel, CLIPVisionModel
 
 from pipeline.models.loading import resolve
+from pipeline.models.pos_embed import resize_vision_tower
 from pipeline.models.tensor_files import files_with_prefix, read_tensors
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -23,6 +25,11 @@ class VisionConfig:
     drop_last_layer: bool = False
     dtype: str = "fp16"  # frozen-encoder compute dtype: fp32 | fp16 | bf16
     ln_vision: bool = True  # trainable LayerNorm on the patch features
+    # Fine-tuning (paper: captioning, VQA and retrieval train the image encoder): gradients, train mode. Use fp32
+    # or bf16 (a trained fp16 tower without loss scaling goes to NaN, LAVIS #409; LAVIS fine-tunes it in fp32).
+    trainable: bool = False
+    image_size: int = 0  # 0 = the tower's own; else its position embeddings are interpolated (bicubic) to this size
+    grad_checkpointing: bool = False  # recompute each block in backward (only matters with trainable)
 
 
 def _layers(model: nn.Module) -> tuple[nn.Module, str]:
@@ -71,10 +78,16 @@ def load_vision_tower(name_or_path: str, dtype: torch.dtype = torch.float32) -> 
 
 
 class FrozenVisionEncoder(nn.Module):
-    """Frozen ViT (``requires_grad=False``, always in eval mode, run under ``no_grad``) + trainable ln_vision."""
+    """ViT + trainable ln_vision. Frozen by default (``requires_grad=False``, always in eval mode, run under
+    ``no_grad``); with ``cfg.trainable`` the tower is trained like the rest (fine-tuning)."""
 
     def __init__(self, tower: nn.Module, cfg: VisionConfig):
         super().__init__()
+        if cfg.trainable and cfg.dtype == "fp16":
+            raise ValueError("vision.dtype fp16 with vision.trainable: a trained fp16 tower has no loss scaling and "
+                             "diverges (LAVIS #409); use fp32 (or bf16)")
+        if cfg.image_size and cfg.image_size != tower.config.image_size:
+            resize_vision_tower(tower, cfg.image_size)
         if cfg.drop_last_layer:
             enc, name = _layers(tower)
             setattr(enc, name, getattr(enc, name)[:-1])
@@ -84,9 +97,12 @@ class FrozenVisionEncoder(nn.Module):
             if isinstance(getattr(tower, attr, None), nn.LayerNorm):
                 setattr(tower, attr, nn.Identity())
         self.dtype = DTYPES[cfg.dtype]
-        self.tower = tower.to(self.dtype).eval()
+        self.trainable = cfg.trainable
+        self.tower = tower.to(self.dtype).train(cfg.trainable)
         for p in self.tower.parameters():
-            p.requires_grad_(False)
+            p.requires_grad_(cfg.trainable)
+        if cfg.trainable and cfg.grad_checkpointing:
+            tower.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         width = tower.config.hidden_size
         # Deviation: for a Blip2VisionModel tower ln_vision uses the tower's layer_norm_eps (1e-6), not 1e-5, so
         # that it maps exactly onto transformers' vision_model.post_layernorm on export.
@@ -97,13 +113,14 @@ class FrozenVisionEncoder(nn.Module):
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.tower.eval()  # the frozen tower never enters train mode (dropout/drop-path stay off)
+        if not self.trainable:
+            self.tower.eval()  # the frozen tower never enters train mode (dropout/drop-path stay off)
         return self
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # The tower's own dtype, not the configured one: DeepSpeed bf16/fp16 recasts every weight.
         dtype = next(self.tower.parameters()).dtype
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
             feats = self.tower(pixel_values=pixel_values.to(dtype)).last_hidden_state
         # ln_vision computes in fp32 (reference LayerNorm subclass), also when DeepSpeed bf16/fp16 has cast its
         # weights down; the Q-Former casts the result to its own dtype.
