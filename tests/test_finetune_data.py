@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 
 from dataprep.annotations import clean_question, convert_coco_karpathy, convert_vqav2
 from demo.synthetic import SyntheticConfig, make_sample
-from pipeline.data import DataConfig, decode_batch, index
+from pipeline.data import DataConfig, Index, decode_samples, read_window
 from pipeline.records import OUTPUT_SCHEMA
 
 
@@ -19,10 +19,17 @@ def _images(root, names):
 
 
 def _decode_all(uri):
-    files = index(uri)
-    rows = [(fi, r) for fi, (_, n) in enumerate(files) for r in range(n)]
-    return decode_batch({"file": [f for f, _ in rows], "row": [r for _, r in rows], "epoch": [0] * len(rows)},
-                        [f for f, _ in files], DataConfig(uri=uri, image_size=32), seed=0, train=False)
+    """Every record in file order, through the training reader (one window over all row groups) and decoder."""
+    index = Index.load(uri)
+    pieces = []
+    for f in range(len(index.paths)):
+        row = 0  # a piece: file, row group, slice [a, b) of the group, the group's first row in the file
+        for g, n in enumerate(index.groups(f)):
+            pieces.append([f, g, 0, int(n), row])
+            row += int(n)
+    rows = read_window({"files": index.paths, "pieces": pieces})
+    return decode_samples(rows["key"], rows["jpg"], rows["kept_captions"], 0, DataConfig(uri=uri, image_size=32),
+                          seed=0, train=False, questions=rows["question"])
 
 
 def test_coco_karpathy_both_layouts(tmp_path):
