@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # workers inherit it: each training log line once
     # address="local": always a cluster of the demo's own, never one that happens to run on this machine
     ray.init(address="local", num_cpus=2, include_dashboard=False)
+    saved_address = os.environ.get("RAY_ADDRESS")
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address  # the evaluation job joins it
     from dataprep.run import run as dataprep_run
     from demo.tiny_zoo import build_tiny_zoo, pretrain_llm, pretrain_vision, save_tiny_llm
@@ -202,6 +203,11 @@ def main(argv: list[str] | None = None) -> dict:
     _example_sheet(test_records[:8], {e["key"]: e["generated"] for e in ev.get("examples", [])},
                    os.path.join(out, "examples.png"))
     ray.shutdown()
+    # the caller's environment as it was: a later ray.init or `ray job submit` must not find the dead cluster
+    if saved_address is None:
+        os.environ.pop("RAY_ADDRESS", None)
+    else:
+        os.environ["RAY_ADDRESS"] = saved_address
 
     results = {
         "retrieval_tr1": ev["retrieval_tr1"], "retrieval_ir1": ev["retrieval_ir1"],

@@ -55,11 +55,11 @@ def stop_cluster(temp_dir: str, gcs_port: int, timeout: float = 20) -> None:
 
 
 @contextlib.contextmanager
-def ray_head(bin_dir: str, env: dict, *args: str):
-    """``ray start --head`` on free ports with a temp dir of its own; yields (gcs address, dashboard port, temp
-    dir); stops exactly that cluster afterwards."""
+def ray_head(bin_dir: str, env: dict, *args: str, port: int | None = None):
+    """``ray start --head`` on free ports (the GCS on ``port`` where given) with a temp dir of its own; yields
+    (gcs address, dashboard port, temp dir); stops exactly that cluster afterwards."""
     temp_dir = tempfile.mkdtemp(prefix="rayt")
-    port, dash, client = free_port(), free_port(), free_port()
+    port, dash, client = port or free_port(), free_port(), free_port()
     run_ok([os.path.join(bin_dir, "ray"), "start", "--head", f"--port={port}", f"--dashboard-port={dash}",
             f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={free_port()}",
             f"--temp-dir={temp_dir}", "--disable-usage-stats", *args], env=env)

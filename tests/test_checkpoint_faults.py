@@ -18,7 +18,7 @@ import pytest
 from tests.s3_proxy import CuttableProxy
 from tests.test_train import REFERENCE_RUN, ROOT, _metrics, tiny_args
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 class LatestWatcher(threading.Thread):

@@ -84,8 +84,9 @@ def _write_tar(path, records):
                 tar.addfile(info, io.BytesIO(data))
 
 
-def _read_dir(uri, sub):
-    tables = [pq.read_table(io.BytesIO(storage.read_bytes(u))) for u in storage.glob(storage.join(uri, sub, "*.parquet"))]
+def _read_dir(uri, sub, cfg=None):
+    tables = [pq.read_table(io.BytesIO(storage.read_bytes(u, cfg)))
+              for u in storage.glob(storage.join(uri, sub, "*.parquet"), cfg)]
     return [r for t in tables for r in t.to_pylist()]
 
 
@@ -123,22 +124,20 @@ def test_every_bad_input_is_counted_under_its_reason(tmp_path, ray_local):
     assert storage.exists(str(tmp_path / "out" / "config.yaml"))
 
 
-def test_s3_in_and_out_with_endpoint_from_config(s3_bucket, ray_local):
-    from dataprep.config import DataprepConfig
-    from dataprep.run import run
-    from pipeline.config import merge
-
+def test_s3_in_and_out_with_endpoint_from_config(s3_bucket):
+    """The job as users run it: its own process and local Ray, S3 in and out, the endpoint from the config."""
     root, scfg = s3_bucket
     generate(SyntheticConfig(num_samples=40, samples_per_shard=20, format="parquet", image_size=64), f"{root}/raw", scfg)
-    cfg = merge(DataprepConfig, {"input": f"{root}/raw/*.parquet", "output": f"{root}/prepped",
-                                 "source": {"caption_column": "caption", "image_column": "jpg"},
-                                 "storage": {"endpoint_url": scfg.endpoint_url, "region": "us-east-1"},
-                                 "validate": {"min_size": 32}})
-    s = run(cfg)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "AWS_ENDPOINT_URL")}
+    run_ok([sys.executable, os.path.join(ROOT, "jobs", "dataprep.py"), f"input={root}/raw/*.parquet",
+            f"output={root}/prepped", "source.caption_column=caption", "source.image_column=jpg",
+            f"storage.endpoint_url={scfg.endpoint_url}", "storage.region=us-east-1", "validate.min_size=32"],
+           env=env, cwd=ROOT, timeout=300)
+    s = json.loads(storage.read_text(f"{root}/prepped/_summary.json", scfg))
     assert s["read"] == 40 == s["kept"]
-    keys = sorted(r["key"] for r in _read_dir(f"{root}/prepped", "data"))
+    keys = sorted(r["key"] for r in _read_dir(f"{root}/prepped", "data", scfg))
     assert keys == [f"0{i:09d}" for i in range(40)]
-    assert [u.rsplit("/", 1)[-1] for u in storage.glob(f"{root}/prepped/data/*.parquet")] == ["00000.parquet",
+    assert [u.rsplit("/", 1)[-1] for u in storage.glob(f"{root}/prepped/data/*.parquet", scfg)] == ["00000.parquet",
                                                                                               "00001.parquet"]
 
 

@@ -22,6 +22,7 @@ from pipeline.checkpoint import save_model
 from pipeline.models.export_finetune import CAPTION_GENERATION, VQA_GENERATION
 from pipeline.models.stage1 import Blip2Stage1
 from pipeline.models.stage2 import Blip2Stage2
+from pipeline.run_log import load_rows
 from pipeline.stages import load_model
 from tests.test_finetune_models import BIG, _images
 from tests.test_train import _run
@@ -91,7 +92,7 @@ def test_finetune_recipe_on_two_workers_checkpoints_resumes_and_exports(recipe, 
     args = _args(tiny_zoo, recipe, data, root, scfg, f"{root}/init")
     r = _run(args, script="jobs/finetune.py", env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    rows = [json.loads(x) for x in storage.read_text(f"{root}/runs/{recipe}/metrics.jsonl").splitlines()]
+    rows = load_rows(f"{root}/runs/{recipe}", 10**9, keys=False)
     assert [x["step"] for x in rows] == [1, 2, 3, 4] and all(x["loss"] > 0 for x in rows)
 
     steps = 4

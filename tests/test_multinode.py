@@ -13,33 +13,33 @@ import psutil
 import pytest
 
 from pipeline.run_log import load_rows
-from tests.procs import ray_head, run_ok
+from tests.procs import free_port, ray_head, run_ok
 from tests.test_train import REFERENCE_RUN, tiny_args
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
-ENV = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "RAY_AUTH_MODE": "token",
+ENV = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PATH": BIN + os.pathsep + os.environ["PATH"], "RAY_AUTH_MODE": "token",
        "RAY_AUTH_TOKEN": secrets.token_hex(16)}  # this test's clusters' token, in its environment only
 # one training worker per node: 1.5 of a node's 2 CPUs, the rest for its Ray Data decode tasks
 PER_NODE = {"train.cpus_per_worker": 1.5, "data.decode_num_cpus": 0.25}
 
 
-def _alive_nodes():
-    import ray
-
-    return [n for n in ray.nodes() if n["Alive"]]
+def _alive_nodes(address: str, env: dict) -> int:
+    """Counted by a short-lived driver of its own: Ray caches a process's auth token on first use, so this
+    (pytest) process, which has run token-less local clusters, cannot join a token cluster itself."""
+    code = "import ray, sys; ray.init(sys.argv[1], log_to_driver=False); print(sum(n['Alive'] for n in ray.nodes()))"
+    return int(run_ok([sys.executable, "-c", code, address], env=env).stdout.split()[-1])
 
 
 def test_autoscaler_adds_worker_nodes_for_a_job(tiny_zoo, prepped, tmp_path):  # noqa: F811
     """Ray's fake multi-node provider (real raylets on this machine) driven by the real autoscaler: the job's
     2 worker nodes are added, and removed after the idle timeout once it ends. (Removal needs Ray Data's
     detached actors kept off the worker nodes: pipeline.train._pin_ray_data_actors_here.)"""
-    import ray
-
+    port = free_port()  # the provider's nodes join the head here (its default is 6379)
     config = {  # a cluster-launcher config for the `fake_multinode` provider
         "cluster_name": "fake", "max_workers": 2, "upscaling_speed": 1.0, "idle_timeout_minutes": 0.2,
-        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+        "provider": {"type": "fake_multinode", "gcs_address": f"127.0.0.1:{port}", "use_node_id_as_ip": True, "disable_node_updaters": True,
                      "disable_launch_config_check": True},
         "auth": {"ssh_user": "ubuntu"}, "docker": {},
         "available_node_types": {
@@ -52,35 +52,25 @@ def test_autoscaler_adds_worker_nodes_for_a_job(tiny_zoo, prepped, tmp_path):  #
     cfg_path = tmp_path / "fake.yaml"
     cfg_path.write_text(json.dumps(config))
     env = {**ENV, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
-    with ray_head(BIN, env, f"--autoscaling-config={cfg_path}", "--num-cpus=0",
-                  "--include-dashboard=false") as (address, _, _):
-        _autoscale(ray, address, env, tiny_zoo, prepped, tmp_path)
-
-
-def _autoscale(ray, address, env, tiny_zoo, prepped, tmp_path):
-    os.environ["RAY_AUTH_TOKEN"] = env["RAY_AUTH_TOKEN"]  # this driver's connection, as the job's
-    try:
-        ray.init(address, log_to_driver=False)
-        assert len(_alive_nodes()) == 1
+    with ray_head(BIN, env, f"--autoscaling-config={cfg_path}", "--num-cpus=0", "--include-dashboard=false",
+                  port=port) as (address, _, _):
+        assert _alive_nodes(address, env) == 1
         t0 = time.time()
-        # as a separate driver, like a submitted job: when it exits its actors go, and the nodes become idle
+        # a separate driver, like a submitted job: when it exits its actors go, and the nodes become idle
         r = subprocess.run([sys.executable, "jobs/stage1.py", *tiny_args(
             tiny_zoo, prepped, str(tmp_path), "autoscale", **{"train.max_steps": 3, "train.ray_address": address,
                                                               **PER_NODE})], cwd=ROOT, env=env, capture_output=True,
-            text=True)
+            text=True, timeout=600)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        peak = len(_alive_nodes())
-        assert peak == 3, f"expected head + 2 added worker nodes, saw {peak}"
         t_done = time.time()
-        while time.time() - t_done < 120 and len(_alive_nodes()) > 1:
+        peak = _alive_nodes(address, env)
+        assert peak == 3, f"expected head + 2 added worker nodes, saw {peak}"
+        while time.time() - t_done < 120 and _alive_nodes(address, env) > 1:
             time.sleep(1)
-        left = len(_alive_nodes()) - 1
+        left = _alive_nodes(address, env) - 1
         print(f"autoscaler: the job got 2 added nodes in {t_done - t0:.0f}s; {left} worker node(s) left "
               f"{time.time() - t_done:.0f}s after it ended (idle timeout 12s)")
         assert left == 0, "idle worker nodes were not removed"
-    finally:
-        ray.shutdown()
-        os.environ.pop("RAY_AUTH_TOKEN", None)
 
 
 def _start_node(address, tag):

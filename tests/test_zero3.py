@@ -11,7 +11,7 @@ import torch
 from tests.test_train import _metrics, _run, tiny_args
 
 # Four training runs of 2 workers: longer than the suite's 900 s default on a loaded 2-core machine.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2700)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 WIDE = {"model.qformer.hidden_size": 768, "model.qformer.num_heads": 12, "model.qformer.intermediate_size": 768,
         "model.qformer.bert_init": "null", "train.zero_stage": 3, "train.max_steps": 6, "train.checkpoint_every": 3}
