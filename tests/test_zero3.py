@@ -10,7 +10,7 @@ import torch
 
 from tests.test_train import _metrics, _run, tiny_args
 
-# Four training runs of 2 workers: longer than the suite's 900 s default on a loaded 2-core machine.
+# Four training runs of 2 workers: longer than the suite's 480 s default on a loaded 2-core machine.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 WIDE = {"model.qformer.hidden_size": 768, "model.qformer.num_heads": 12, "model.qformer.intermediate_size": 768,
