@@ -22,6 +22,13 @@ def run_ok(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return r
 
 
+def child_env(*drop: str, **add: str) -> dict:
+    """This process's environment for a child, without ``RAY_ADDRESS`` (a cluster an earlier test left named
+    there, which `ray job submit` and `ray.init()` would join) or the names in ``drop``, plus ``add``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", *drop)}
+    return {**env, **add}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -15,7 +15,7 @@ from PIL import Image
 
 from demo.synthetic import SyntheticConfig, generate
 from pipeline import storage
-from tests.procs import run_ok
+from tests.procs import child_env, run_ok
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -128,7 +128,7 @@ def test_s3_in_and_out_with_endpoint_from_config(s3_bucket):
     """The job as users run it: its own process and local Ray, S3 in and out, the endpoint from the config."""
     root, scfg = s3_bucket
     generate(SyntheticConfig(num_samples=40, samples_per_shard=20, format="parquet", image_size=64), f"{root}/raw", scfg)
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "AWS_ENDPOINT_URL")}
+    env = child_env("AWS_ENDPOINT_URL")  # the endpoint comes from the config alone
     run_ok([sys.executable, os.path.join(ROOT, "jobs", "dataprep.py"), f"input={root}/raw/*.parquet",
             f"output={root}/prepped", "source.caption_column=caption", "source.image_column=jpg",
             f"storage.endpoint_url={scfg.endpoint_url}", "storage.region=us-east-1", "validate.min_size=32"],
@@ -155,8 +155,7 @@ def test_kill_and_rerun_finishes_without_duplicates(tmp_path):
     generate(SyntheticConfig(num_samples=1200, samples_per_shard=50, image_size=224), str(tmp_path / "raw"))
     cmd = [sys.executable, os.path.join(ROOT, "jobs", "dataprep.py"), f"input={tmp_path / 'raw'}",
            "validate.min_size=32", "validate.batch_size=16", "progress_interval_s=1"]
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    env.pop("RAY_ADDRESS")
+    env = child_env()
     run_ok(cmd + [f"output={tmp_path / 'ref'}"], env=env, cwd=ROOT)
 
     out = tmp_path / "killed"

@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+from tests.procs import child_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIELDS = ("retrieval_tr1", "retrieval_ir1", "retrieval_chance_r1", "capfilt_precision", "capfilt_recall",
           "retrieval_ir1_before_capfilt", "retrieval_ir1_after_capfilt", "caption_cider",
@@ -12,8 +14,7 @@ FIELDS = ("retrieval_tr1", "retrieval_ir1", "retrieval_chance_r1", "capfilt_prec
 
 
 def _quick_demo(out: str, hash_seed: str) -> dict:
-    env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": ROOT}
-    env.pop("RAY_ADDRESS", None)
+    env = child_env(PYTHONHASHSEED=hash_seed, PYTHONPATH=ROOT)
     r = subprocess.run([sys.executable, "jobs/demo.py", "--out", out, "--quick"], cwd=ROOT, env=env,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]

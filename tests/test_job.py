@@ -9,7 +9,7 @@ import sys
 import psutil
 import pytest
 
-from tests.procs import cluster_processes, ray_head
+from tests.procs import child_env, cluster_processes, ray_head
 from tests.test_train import tiny_args
 
 pytestmark = pytest.mark.slow
@@ -20,8 +20,8 @@ def test_ray_job_submit_stage1_leaves_other_clusters_alone(tiny_zoo, prepped, tm
     bindir = os.path.dirname(sys.executable)
     # the job driver runs `python` from the head node's PATH: make that this venv, as a cluster node's image would.
     # Token auth as `ray job submit` needs it; the token lives in this test's environment only.
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
-           "PATH": bindir + os.pathsep + os.environ["PATH"]}
+    env = child_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),
+                    PATH=bindir + os.pathsep + os.environ["PATH"])
     with ray_head(bindir, env, "--num-cpus=1", "--include-dashboard=false") as (other, _, other_tmp):
         other_port = int(other.rsplit(":", 1)[1])
         bystanders = cluster_processes(other_tmp, other_port)

@@ -13,14 +13,14 @@ import psutil
 import pytest
 
 from pipeline.run_log import load_rows
-from tests.procs import free_port, ray_head, run_ok
+from tests.procs import child_env, free_port, ray_head, run_ok
 from tests.test_train import REFERENCE_RUN, tiny_args
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
-ENV = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PATH": BIN + os.pathsep + os.environ["PATH"], "RAY_AUTH_MODE": "token",
-       "RAY_AUTH_TOKEN": secrets.token_hex(16)}  # this test's clusters' token, in its environment only
+ENV = child_env(PATH=BIN + os.pathsep + os.environ["PATH"], RAY_AUTH_MODE="token",
+                RAY_AUTH_TOKEN=secrets.token_hex(16))  # this test's clusters' token, in its environment only
 # one training worker per node: 1.5 of a node's 2 CPUs, the rest for its Ray Data decode tasks
 PER_NODE = {"train.cpus_per_worker": 1.5, "data.decode_num_cpus": 0.25}
 
@@ -39,8 +39,8 @@ def test_autoscaler_adds_worker_nodes_for_a_job(tiny_zoo, prepped, tmp_path):  #
     port = free_port()  # the provider's nodes join the head here (its default is 6379)
     config = {  # a cluster-launcher config for the `fake_multinode` provider
         "cluster_name": "fake", "max_workers": 2, "upscaling_speed": 1.0, "idle_timeout_minutes": 0.2,
-        "provider": {"type": "fake_multinode", "gcs_address": f"127.0.0.1:{port}", "use_node_id_as_ip": True, "disable_node_updaters": True,
-                     "disable_launch_config_check": True},
+        "provider": {"type": "fake_multinode", "gcs_address": f"127.0.0.1:{port}", "use_node_id_as_ip": True,
+                     "disable_node_updaters": True, "disable_launch_config_check": True},
         "auth": {"ssh_user": "ubuntu"}, "docker": {},
         "available_node_types": {
             "ray.head.default": {"resources": {}, "node_config": {}, "max_workers": 0},
