@@ -10,6 +10,14 @@ from pipeline.config import ConfigError
 from pipeline.layer_decay import layer_decay_groups
 
 
+def init_source(cfg) -> str | None:
+    """"checkpoint" (``init_from``), "hf" (``init_from_hf``) or None; naming both is an error."""
+    if cfg.init_from and cfg.init_from_hf:
+        raise ConfigError(f"config keys 'init_from' ({cfg.init_from}) and 'init_from_hf' ({cfg.init_from_hf}): "
+                          "name one starting point, not both")
+    return "hf" if cfg.init_from_hf else "checkpoint" if cfg.init_from else None
+
+
 def init_from_checkpoint(model, uri: str) -> list[str]:
     """Load every weight of a stage-1 / stage-2 / fine-tuning checkpoint that the model has (same shape); the
     Q-Former must be among them. Returns the model's trainable weights left at their initial values."""
@@ -43,9 +51,10 @@ class FinetuneMixin:
         if size and cfg.data.image_size != size:
             raise ConfigError(f"config key 'data.image_size' ({cfg.data.image_size}) must equal "
                               f"'model.vision.image_size' ({size}): the position embeddings are sized for it")
-        if cfg.init_from_hf:
-            raise ConfigError("config key 'init_from_hf': starting fine-tuning from a transformers folder is not "
-                              "built yet; use init_from=<stage-1/stage-2 checkpoint URI>")
+        if init_source(cfg) == "hf":
+            from pipeline.models.from_transformers import from_folder
+
+            return from_folder(self.new_model, cfg.init_from_hf, cfg.model, self.init_class)
         model = self.new_model(cfg.model)
         if cfg.init_from:
             fresh = init_from_checkpoint(model, cfg.init_from)

@@ -16,7 +16,7 @@ import torch
 
 from pipeline import checkpoint as ckpt
 from pipeline.config import merge
-from pipeline.finetune_stages import FinetuneMixin, vqa_inputs
+from pipeline.finetune_stages import FinetuneMixin, init_source, vqa_inputs
 from pipeline.losses import stage1_losses, stage2_losses
 from pipeline.optim import param_groups
 from pipeline.storage import StorageConfig
@@ -25,6 +25,7 @@ from pipeline.storage import StorageConfig
 class Stage:
     name: str
     hf_class: str  # the transformers class :meth:`export` writes
+    init_class: str  # the transformers class whose folder ``init_from_hf`` starts from
 
     def job_config(self) -> type:
         raise NotImplementedError
@@ -58,6 +59,7 @@ class Stage1(Stage):
     """Q-Former against the frozen image encoder: ITC + ITM + ITG."""
 
     name, hf_class = "stage1", "Blip2ForImageTextRetrieval"
+    init_class = "Blip2ForImageTextRetrieval"
 
     def job_config(self):
         from pipeline.train_config import Stage1JobConfig
@@ -90,6 +92,7 @@ class Stage2(Stage):
     """Q-Former tied to a frozen LLM: language modelling (OPT) or prefix language modelling (Flan-T5)."""
 
     name, hf_class = "stage2", "Blip2ForConditionalGeneration"
+    init_class = "Blip2ForConditionalGeneration"
 
     def job_config(self):
         from pipeline.train_config import Stage2JobConfig
@@ -107,12 +110,10 @@ class Stage2(Stage):
         return Blip2Stage2(model_cfg)
 
     def build(self, cfg):
-        if cfg.init_from_hf:
-            from pipeline.models.export import stage2_from_hf
+        if init_source(cfg) == "hf":
+            from pipeline.models.from_transformers import from_folder
 
-            return stage2_from_hf(cfg.init_from_hf, vision_dtype=cfg.model.vision.dtype,
-                                  llm_dtype=cfg.model.llm.dtype, prompt=cfg.model.prompt,
-                                  max_txt_len=cfg.model.max_txt_len)
+            return from_folder(self.new_model, cfg.init_from_hf, cfg.model, self.init_class)
         model = self.new_model(cfg.model)
         if cfg.init_from:
             model.load_stage1(ckpt.load_state(cfg.init_from))

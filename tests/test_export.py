@@ -3,7 +3,8 @@ from transformers import Blip2ForConditionalGeneration, Blip2ForImageTextRetriev
 
 from demo.tiny_zoo import tiny_stage1, tiny_stage2
 from pipeline.losses import stage1_losses
-from pipeline.models.export import export_stage1, export_stage2, stage1_from_hf, stage2_from_hf
+from pipeline.models.export import export_stage1, export_stage2
+from pipeline.models.from_transformers import stage1_from_hf, stage2_from_hf
 from pipeline.models.stage1 import Blip2Stage1
 from pipeline.models.stage2 import Blip2Stage2
 

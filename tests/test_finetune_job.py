@@ -19,6 +19,7 @@ from jobs import export as export_job
 from jobs import finetune_data
 from pipeline import storage
 from pipeline.checkpoint import save_model
+from pipeline.models.export import export_stage1, export_stage2
 from pipeline.models.export_finetune import CAPTION_GENERATION, VQA_GENERATION
 from pipeline.models.stage1 import Blip2Stage1
 from pipeline.models.stage2 import Blip2Stage2
@@ -47,11 +48,11 @@ def _vqav2_files(root, n_images=32):
     (root / "a.json").write_text(json.dumps({"annotations": annotations}))
 
 
-def _args(zoo, recipe, data, root, scfg, init, **over):
+def _args(zoo, recipe, data, root, scfg, init_from=None, **over):
     q = {**TINY_QFORMER, "tokenizer": zoo["bert"], "bert_init": zoo["bert"] if recipe != "caption" else None}
     args = {"model.vision.name_or_path": zoo["vision"], "model.vision.dtype": "fp32", "model.vision.image_size": BIG,
             **{f"model.qformer.{k}": v for k, v in q.items()}, "data.uri": data, "data.image_size": BIG,
-            "init_from": init, "train.batch_size": 4, "train.num_workers": 2, "train.cpus_per_worker": 0.5,
+            "init_from": init_from, "train.batch_size": 4, "train.num_workers": 2, "train.cpus_per_worker": 0.5,
             "train.zero_stage": 2, "train.gpus_per_worker": 0, "train.log_every": 1, "train.max_steps": 4, "train.checkpoint_every": 2,
             "optim.warmup_steps": 2, "optim.lr": 1e-3, "train.storage_path": f"{root}/runs", "train.run_name": recipe,
             "train.ray_address": "local", "storage.endpoint_url": scfg.endpoint_url, **over}
@@ -69,10 +70,17 @@ def test_finetune_recipe_on_two_workers_checkpoints_resumes_and_exports(recipe, 
     storage.set_default(scfg)
     env = {**os.environ, "AWS_ENDPOINT_URL": scfg.endpoint_url}
     torch.manual_seed(0)
-    if recipe == "retrieval":  # from a stage-1 checkpoint
-        save_model(Blip2Stage1(tiny_stage1(tiny_zoo)), "stage1", f"{root}/init", scfg)
-    else:  # from a stage-2 checkpoint
+    # Captioning starts from a stage-2 checkpoint (init_from); retrieval and VQA from transformers folders on S3
+    # (init_from_hf), as exported from a stage-1 / stage-2 model: a released checkpoint has the same layout.
+    start = {}
+    if recipe == "caption":
         save_model(Blip2Stage2(tiny_stage2(tiny_zoo, "opt")), "stage2", f"{root}/init", scfg)
+        start = {"init_from": f"{root}/init"}
+    else:
+        m = Blip2Stage1(tiny_stage1(tiny_zoo)) if recipe == "retrieval" else Blip2Stage2(tiny_stage2(tiny_zoo, "opt"))
+        (export_stage1 if recipe == "retrieval" else export_stage2)(m, str(tmp_path / "init_hf"))
+        storage.upload_dir(str(tmp_path / "init_hf"), f"{root}/init_hf", scfg)
+        start = {"init_from": None, "init_from_hf": f"{root}/init_hf"}
     if recipe == "vqa":  # VQAv2 files -> records
         _vqav2_files(tmp_path)
         data = f"{root}/vqav2"
@@ -89,7 +97,7 @@ def test_finetune_recipe_on_two_workers_checkpoints_resumes_and_exports(recipe, 
         data = f"{root}/coco"
         finetune_data.main(["coco", "--annotations", str(tmp_path / "k.json"), "--images", str(tmp_path / "img"),
                             "--output", data, "--shard-size", "16"])
-    args = _args(tiny_zoo, recipe, data, root, scfg, f"{root}/init")
+    args = _args(tiny_zoo, recipe, data, root, scfg, **start)
     r = _run(args, script="jobs/finetune.py", env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = load_rows(f"{root}/runs/{recipe}", 10**9, keys=False)
@@ -108,7 +116,7 @@ def test_finetune_recipe_on_two_workers_checkpoints_resumes_and_exports(recipe, 
     state = load_st(storage.read_bytes(f"{latest['uri']}/model.safetensors"))
     assert any(k.startswith("vision.tower.encoder.layers.0.") for k in state)
     assert any(k.startswith("qformer.") for k in state) and not any(k.startswith("llm.") for k in state)
-    stage, model = load_model(latest["uri"])
+    stage, model = load_model(latest["uri"])  # from its model.yaml alone (the folder it started from, on S3)
     assert stage.name == f"finetune_{recipe}"
     from transformers import Blip2VisionModel
 

@@ -29,7 +29,7 @@ def _architectures(uri: str) -> list[str]:
 def load_model(uri: str, stage: int, dtype: str = "fp32"):
     """The stage-``stage`` model at ``uri`` in eval mode; ``dtype`` applies to the frozen parts of folders."""
     from pipeline.checkpoint import is_complete
-    from pipeline.models.export import stage1_from_hf, stage2_from_hf
+    from pipeline.models.from_transformers import stage1_from_hf, stage2_from_hf
     from pipeline.stages import load_model as load_checkpoint
 
     if storage.exists(storage.join(uri, "COMPLETE")) and is_complete(uri):

@@ -3,16 +3,14 @@
 Stage 2 -> ``Blip2ForConditionalGeneration`` (config, safetensors, ``Blip2Processor`` with ``<image>`` tokens).
 Stage 1 -> ``Blip2ForImageTextRetrieval`` (+ ``blip2_ray_stage1_extras.safetensors`` holding what that class has
 no place for: the ITG LM head and the ITC temperature, which transformers' converter drops).
-An existing ``Blip2ForConditionalGeneration`` folder (such as a released checkpoint) can seed a stage-2 model.
+The way back (a model from such a folder): pipeline/models/from_transformers.py.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 
-import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import (
     Blip2Config,
     Blip2ForConditionalGeneration,
@@ -23,10 +21,9 @@ from transformers import (
 )
 
 from pipeline.images import CLIP_MEAN, CLIP_STD  # noqa: E402
-from pipeline.models.loading import resolve
-from pipeline.models.qformer import QFormer, QFormerConfig, load_tokenizer
-from pipeline.models.stage2 import Blip2Stage2, LLMConfig, Stage2ModelConfig
-from pipeline.models.vision import FrozenVisionEncoder, VisionConfig
+from pipeline.models.qformer import QFormer
+from pipeline.models.stage2 import Blip2Stage2
+from pipeline.models.vision import FrozenVisionEncoder
 
 EXTRAS = "blip2_ray_stage1_extras.safetensors"
 
@@ -112,64 +109,3 @@ def export_stage1(model, out_dir: str) -> str:
     extras["temp"] = model.temp.detach().reshape(1).contiguous()
     save_file(extras, f"{out_dir}/{EXTRAS}")
     return out_dir
-
-
-def _qformer_cfg_from_hf(config: Blip2Config, max_txt_len: int = 32) -> QFormerConfig:
-    qc = config.qformer_config
-    return QFormerConfig(tokenizer="", bert_init=None, num_query_tokens=config.num_query_tokens,
-                         hidden_size=qc.hidden_size, num_layers=qc.num_hidden_layers, num_heads=qc.num_attention_heads,
-                         intermediate_size=qc.intermediate_size, cross_attention_freq=qc.cross_attention_frequency,
-                         max_position_embeddings=qc.max_position_embeddings, dropout=qc.hidden_dropout_prob,
-                         embed_dim=config.image_text_hidden_size, max_txt_len=max_txt_len,
-                         initializer_range=qc.initializer_range)
-
-
-def _vision_from_hf(vision_model: Blip2VisionModel, dtype: str) -> FrozenVisionEncoder:
-    ln = copy.deepcopy(vision_model.post_layernorm.state_dict())
-    enc = FrozenVisionEncoder(vision_model, VisionConfig(name_or_path="", drop_last_layer=False, dtype=dtype))
-    enc.ln_vision.load_state_dict(ln)
-    return enc
-
-
-def stage2_from_hf(path: str, vision_dtype: str = "fp32", llm_dtype: str = "fp32", prompt: str = "",
-                   max_txt_len: int = 32) -> Blip2Stage2:
-    """Build a stage-2 model from a ``Blip2ForConditionalGeneration`` folder (hub id, local or s3://)."""
-    local = resolve(path)
-    hf = Blip2ForConditionalGeneration.from_pretrained(local, dtype=torch.float32)
-    processor = Blip2Processor.from_pretrained(local)
-    cfg = Stage2ModelConfig(vision=VisionConfig(name_or_path=path, drop_last_layer=False, dtype=vision_dtype),
-                            qformer=_qformer_cfg_from_hf(hf.config, max_txt_len),
-                            llm=LLMConfig(name_or_path=path, dtype=llm_dtype), prompt=prompt, max_txt_len=max_txt_len)
-    model = Blip2Stage2(cfg, vision=_vision_from_hf(hf.vision_model, vision_dtype), llm=hf.language_model,
-                        llm_tokenizer=processor.tokenizer)
-    model.qformer.query_tokens.data.copy_(hf.query_tokens.data)
-    model.qformer.qformer.load_state_dict(hf.qformer.state_dict())
-    model.language_projection.load_state_dict(hf.language_projection.state_dict())
-    return model
-
-
-def stage1_from_hf(path: str, vision_dtype: str = "fp32", max_txt_len: int = 32):
-    """Rebuild a :class:`Blip2Stage1` from a folder written by :func:`export_stage1`."""
-    from pipeline.models.stage1 import Blip2Stage1, Stage1ModelConfig
-
-    local = resolve(path)
-    hf = Blip2ForImageTextRetrieval.from_pretrained(local, dtype=torch.float32)
-    tok = load_tokenizer(local)
-    qcfg = _qformer_cfg_from_hf(hf.config, max_txt_len)
-    cfg = Stage1ModelConfig(vision=VisionConfig(name_or_path=path, drop_last_layer=False, dtype=vision_dtype),
-                            qformer=qcfg)
-    model = Blip2Stage1(cfg, vision=_vision_from_hf(hf.vision_model, vision_dtype), tokenizer=tok)
-    q = model.qformer
-    q.query_tokens.data.copy_(hf.query_tokens.data)
-    q.qformer.load_state_dict(hf.qformer.state_dict())
-    q.embeddings.load_state_dict(hf.embeddings.state_dict())
-    model.vision_proj.load_state_dict(hf.vision_projection.state_dict())
-    model.text_proj.load_state_dict(hf.text_projection.state_dict())
-    model.itm_head.load_state_dict(hf.itm_head.state_dict())
-    # A released folder (e.g. Salesforce/blip2-itm-vit-g) has no extras: ITC and ITM are complete without them,
-    # only the ITG head stays untrained and the temperature at its initial value.
-    if os.path.exists(f"{local}/{EXTRAS}"):
-        extras = load_file(f"{local}/{EXTRAS}")
-        q.lm_head.load_state_dict({k[len("lm_head."):]: v for k, v in extras.items() if k.startswith("lm_head.")})
-        model.temp.data.copy_(extras["temp"][0])
-    return model

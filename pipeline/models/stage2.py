@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import AutoTokenizer
 
+from pipeline.models.llm import load_llm
 from pipeline.models.loading import resolve
 from pipeline.models.qformer import QFormer, QFormerConfig, load_tokenizer
 from pipeline.models.vision import DTYPES, VisionConfig, build_vision
@@ -46,19 +47,6 @@ class Stage2ModelConfig:
     qformer_text_input: bool = False
 
 
-def llm_config(path: str):
-    """The LLM's config as the reference loads it: Flan-T5's gated FFN with exact GELU.
-
-    Flan-T5's config says ``gated-gelu``, which transformers maps to ``gelu_new`` (the tanh approximation). LAVIS
-    (blip2_t5.py) and transformers' BLIP-2 conversion set ``dense_act_fn="gelu"`` before loading, and the released
-    BLIP-2 T5 checkpoints were trained that way (the tanh form moves the logits by ~4e-3 on Flan-T5-XL).
-    """
-    cfg = AutoConfig.from_pretrained(path)
-    if cfg.model_type == "t5" and getattr(cfg, "dense_act_fn", None) == "gelu_new":
-        cfg.dense_act_fn = "gelu"
-    return cfg
-
-
 class Blip2Stage2(nn.Module):
     def __init__(self, cfg: Stage2ModelConfig, vision: nn.Module | None = None, llm: nn.Module | None = None,
                  llm_tokenizer=None):
@@ -78,12 +66,9 @@ class Blip2Stage2(nn.Module):
         else:
             self.qformer_tokenizer = None
             self.qformer = QFormer(cfg.qformer, self.vision.width, vocab_size=2, text=False)  # text branch dropped
-        path = resolve(cfg.llm.name_or_path)
-        self.tokenizer = llm_tokenizer or AutoTokenizer.from_pretrained(path)
+        self.tokenizer = llm_tokenizer or AutoTokenizer.from_pretrained(resolve(cfg.llm.name_or_path))
         if llm is None:
-            llm_cfg = llm_config(path)
-            cls = AutoModelForSeq2SeqLM if llm_cfg.is_encoder_decoder else AutoModelForCausalLM
-            llm = cls.from_pretrained(path, config=llm_cfg)
+            llm = load_llm(cfg.llm.name_or_path, DTYPES[cfg.llm.dtype])
         self.encoder_decoder = bool(llm.config.is_encoder_decoder)
         self.llm = llm.to(DTYPES[cfg.llm.dtype]).train(cfg.llm_train_mode and self.training)
         for p in self.llm.parameters():
