@@ -9,7 +9,7 @@ through jobs/evaluate.py. Writes <demo>/finetune_caption.json.
 
 Two settings differ from the paper's recipe, because the demo's parts are tiny: the image size stays at the
 tower's 64 px (no 224 -> 364 step), and the prompt is empty, as in the demo's stage 2 (its LLM was pretrained on
-bare captions; with "a photo of" it has to learn the prompt first).
+bare captions; with "a photo of" it has to learn the prompt first). Like the demo, no crop or flip.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     model.vision.update({"trainable": True, "image_size": 0, "grad_checkpointing": False})
     model.update({"prompt": "", "prefix_split": False})
     cfg = merge(CaptionJobConfig, {
-        "model": model, "init_from": stage2, "data": {"uri": os.path.join(out, "data", "prepped"), "image_size": 64},
+        "model": model, "init_from": stage2, "data": {"uri": os.path.join(out, "data", "prepped"), "image_size": 64,
+                                         "min_scale": 1.0, "hflip": False},  # as the demo (demo/run.py)
         "optim": {"lr": a.lr, "min_lr": 0.0, "warmup_steps": 20},
         "train": {"run_name": "finetune_caption", "storage_path": os.path.join(out, "runs"), "max_steps": a.steps,
                   "checkpoint_every": a.steps, "batch_size": 32, "num_workers": 1, "cpus_per_worker": 1,
