@@ -25,7 +25,7 @@ def _quick_demo(out: str, hash_seed: str) -> dict:
 @pytest.mark.timeout(900)
 def test_quick_demo_twice_same_seed_same_metrics(tmp_path):
     """Every stage runs and writes every field; a second run with the same seed, in another process with another
-    hash seed, gives identical metrics to the last digit."""
+    hash seed, gives identical metrics to the last digit; then the captioning fine-tuning command runs on it."""
     out = str(tmp_path / "demo")
     saved = _quick_demo(out, "1")
     for f in FIELDS:
@@ -38,3 +38,13 @@ def test_quick_demo_twice_same_seed_same_metrics(tmp_path):
     second = _quick_demo(str(tmp_path / "again"), "12345")
     differ = {k: (saved[k], second[k]) for k in saved if k != "wall_seconds" and saved[k] != second[k]}
     assert not differ, differ
+
+    # the captioning fine-tuning command on the finished run: a few steps, both models scored on the same split
+    env = child_env(PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, "-m", "demo.finetune_caption", "--demo", out, "--steps", "3", "--samples",
+                        "64"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    ft = json.load(open(os.path.join(out, "finetune_caption.json")))
+    assert ft["stage2_caption_attribute_accuracy"] == saved["caption_attribute_accuracy"]
+    assert 0.0 <= ft["finetuned_caption_attribute_accuracy"] <= 1.0 and ft["steps"] == 3
+    assert os.path.exists(os.path.join(out, "finetune_caption", "runs", "finetune_caption", "config.yaml"))
