@@ -18,9 +18,11 @@ import argparse
 import json
 import os
 
+from omegaconf import OmegaConf
+
 from dataprep.config import DataprepConfig
 from demo.metrics import attribute_accuracy
-from demo.run import _evaluate, _test_records
+from demo.run import CAPTION_EVAL, DATA, _evaluate, _test_records, start_ray, stop_ray, synthetic_config
 from demo.synthetic import SyntheticConfig, generate
 from pipeline.config import merge
 
@@ -34,21 +36,17 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     demo = os.path.abspath(a.demo)
     done = json.load(open(os.path.join(demo, "results.json")))
-    seed = int(next(line.split(":")[1] for line in open(os.path.join(demo, "config.yaml")) if line.startswith("seed")))
-    quick = "quick: True" in open(os.path.join(demo, "config.yaml")).read()
+    run_args = OmegaConf.load(os.path.join(demo, "config.yaml"))  # the demo's --seed and --quick
     out = os.path.join(demo, "finetune_caption")
 
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    saved = os.environ.get("RAY_ADDRESS")
-    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address  # the evaluation job joins it
+    saved = start_ray()
     from dataprep.run import run as dataprep_run
     from pipeline.checkpoint import read_meta
     from pipeline.finetune_config import CaptionJobConfig
     from pipeline.train import fit
 
-    clean = SyntheticConfig(num_samples=a.samples, num_test=0, seed=seed + 2, image_size=64, noise_fraction=0.0)
+    clean = SyntheticConfig(num_samples=a.samples, num_test=0, seed=run_args.seed + 2, image_size=64,
+                            noise_fraction=0.0)
     raw = generate(clean, os.path.join(out, "data", "raw"))["train"]
     dataprep_run(merge(DataprepConfig, {"input": raw, "output": os.path.join(out, "data", "prepped"),
                                         "validate": {"min_size": 32, "resize_shorter_side": 64}}))
@@ -57,26 +55,17 @@ def main(argv: list[str] | None = None) -> dict:
     model.vision.update({"trainable": True, "image_size": 0, "grad_checkpointing": False})
     model.update({"prompt": "", "prefix_split": False})
     cfg = merge(CaptionJobConfig, {
-        "model": model, "init_from": stage2, "data": {"uri": os.path.join(out, "data", "prepped"), "image_size": 64,
-                                         "min_scale": 1.0, "hflip": False},  # as the demo (demo/run.py)
+        "model": model, "init_from": stage2, "data": {**DATA, "uri": os.path.join(out, "data", "prepped")},
         "optim": {"lr": a.lr, "min_lr": 0.0, "warmup_steps": 20},
         "train": {"run_name": "finetune_caption", "storage_path": os.path.join(out, "runs"), "max_steps": a.steps,
                   "checkpoint_every": a.steps, "batch_size": 32, "num_workers": 1, "cpus_per_worker": 1,
-                  "zero_stage": 2, "log_every": 50, "seed": seed}})
+                  "zero_stage": 2, "log_every": 50, "seed": run_args.seed}})
     fit(cfg, "finetune_caption")
     tuned = json.load(open(os.path.join(out, "runs", "finetune_caption", "latest.json")))["uri"]
-    n_train, n_test = (240, 32) if quick else (4000, 200)
-    test = os.path.join(demo, "data", "raw", "test")
-    ev = _evaluate(os.path.join(out, "eval.json"), data=test, caption_model=tuned,
-                   **{"caption.num_beams": 3, "caption.max_new_tokens": 20, "caption.min_new_tokens": 1,
-                      "caption.prompt": ""})  # the demo's own evaluation settings
-    ray.shutdown()
-    if saved is None:
-        os.environ.pop("RAY_ADDRESS", None)
-    else:
-        os.environ["RAY_ADDRESS"] = saved
-    records = _test_records(SyntheticConfig(num_samples=n_train, num_test=n_test, seed=seed, image_size=64,
-                                            noise_fraction=0.3))
+    ev = _evaluate(os.path.join(out, "eval.json"), data=os.path.join(demo, "data", "raw", "test"),
+                   caption_model=tuned, **CAPTION_EVAL)  # the demo's own evaluation settings
+    stop_ray(saved)
+    records = _test_records(synthetic_config(run_args.seed, run_args.quick))
     acc = attribute_accuracy([ev["caption_generated"][r["key"]] for r in records], [r["objects"][0] for r in records])
     results = {"stage2_caption_attribute_accuracy": done["caption_attribute_accuracy"],
                "finetuned_caption_attribute_accuracy": acc, "stage2_caption_cider": done["caption_cider"],

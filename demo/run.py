@@ -28,6 +28,44 @@ from demo.synthetic import SyntheticConfig, generate, lm_corpus, make_sample
 from pipeline.config import merge
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Training data settings: no crop or flip. The captions name each object's shape and place, which a crop (aspect
+# 3/4-4/3, half the area) distorts or cuts out and a flip mirrors (measured at seed 0: stage-2 attribute accuracy
+# 0.33 with the reference's augmentation, 0.69 without). Real web photos keep the reference's (data.min_scale,
+# data.hflip).
+DATA = {"image_size": 64, "min_scale": 1.0, "hflip": False}
+# Captioning evaluation; the demo's stage 2 is trained without a prompt
+CAPTION_EVAL = {"caption.num_beams": 3, "caption.max_new_tokens": 20, "caption.min_new_tokens": 1, "caption.prompt": ""}
+
+
+def synthetic_config(seed: int, quick: bool) -> SyntheticConfig:
+    """The demo's data: 30% noisy captions, a held-out test split."""
+    n_train, n_test = (240, 32) if quick else (4000, 200)
+    return SyntheticConfig(num_samples=n_train, num_test=n_test, seed=seed, image_size=64, noise_fraction=0.3,
+                           samples_per_shard=120 if quick else 500)
+
+
+def start_ray() -> str | None:
+    """A Ray cluster of the demo's own (address="local": never one that happens to run on this machine), which
+    the evaluation job joins through RAY_ADDRESS; returns the caller's RAY_ADDRESS for :func:`stop_ray`."""
+    import ray
+
+    os.environ["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # workers inherit it: each training log line once
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    saved = os.environ.get("RAY_ADDRESS")
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    return saved
+
+
+def stop_ray(saved: str | None) -> None:
+    """Shut the cluster down and restore the caller's environment: a later ray.init or `ray job submit` must not
+    find the dead cluster."""
+    import ray
+
+    ray.shutdown()
+    if saved is None:
+        os.environ.pop("RAY_ADDRESS", None)
+    else:
+        os.environ["RAY_ADDRESS"] = saved
 
 
 def _evaluate(out_json: str, **kv) -> dict:
@@ -86,7 +124,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     q = a.quick
-    n_train, n_test = (240, 32) if q else (4000, 200)
     s1_steps, s2_steps = (3, 3) if q else (500, 1500)
     vit_steps, lm_steps = (5, 5) if q else (1200, 2000)
     t0 = time.time()
@@ -97,13 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     with open(os.path.join(out, "config.yaml"), "w") as f:
         f.write("".join(f"{k}: {v}\n" for k, v in sorted(vars(a).items())))
 
-    import ray
-
-    os.environ["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # workers inherit it: each training log line once
-    # address="local": always a cluster of the demo's own, never one that happens to run on this machine
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    saved_address = os.environ.get("RAY_ADDRESS")
-    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address  # the evaluation job joins it
+    saved_address = start_ray()
     from dataprep.run import run as dataprep_run
     from demo.tiny_zoo import build_tiny_zoo, pretrain_llm, pretrain_vision, save_tiny_llm
     from pipeline.train import fit
@@ -113,8 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"\n=== [{time.time() - t0:6.0f}s] {msg}", flush=True)
 
     stage("1/8 synthetic data (30% noisy captions, held-out test split)")
-    syn = SyntheticConfig(num_samples=n_train, num_test=n_test, seed=a.seed, image_size=64, noise_fraction=0.3,
-                          samples_per_shard=500 if not q else 120)
+    syn = synthetic_config(a.seed, q)
     uris = generate(syn, os.path.join(out, "data", "raw"))
 
     stage("2/8 tiny unimodal models: vision on attribute classification, LM on pairs of captions")
@@ -136,10 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     qf = {"tokenizer": zoo["bert"], "bert_init": None, "num_query_tokens": 16, "hidden_size": 64, "num_layers": 4,
           "num_heads": 4, "intermediate_size": 128, "embed_dim": 32, "max_txt_len": 24,
           "max_position_embeddings": 64, "dropout": 0.0, "initializer_range": 0.1}  # ~1/sqrt(width), see QFormerConfig
-    # No crop or flip: the captions name each object's shape and place, which a crop (aspect 3/4-4/3, half the
-    # area) distorts or cuts out and a flip mirrors (measured at seed 0: stage-2 attribute accuracy 0.33 with the
-    # reference's augmentation, 0.69 without). Real web photos keep the reference's (data.min_scale, data.hflip).
-    common = {"data": {"image_size": 64, "min_scale": 1.0, "hflip": False}, "optim": {"lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 20 if not q else 1},
+    common = {"data": DATA, "optim": {"lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 20 if not q else 1},
               "train": {"batch_size": 32 if not q else 8, "num_workers": 1, "cpus_per_worker": 1, "zero_stage": 2,
                         "storage_path": os.path.join(out, "runs"), "log_every": 50, "seed": a.seed}}
     vision = {"name_or_path": zoo["vision"], "dtype": "fp32"}
@@ -192,8 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     stage("8/8 evaluation on the held-out split, exports")
     ev = _evaluate(os.path.join(out, "eval.json"), data=uris["test"], retrieval_model=ck_clean, caption_model=ck_s2,
-                   **{"retrieval.k_test": 16, "caption.num_beams": 3, "caption.max_new_tokens": 20,
-                      "caption.min_new_tokens": 1, "caption.prompt": ""})  # stage 2 was trained without a prompt
+                   **{"retrieval.k_test": 16, **CAPTION_EVAL})
     _export(ck_clean, os.path.join(out, "hf_retrieval"))
     _export(ck_s2, os.path.join(out, "hf_model"))
     for run in ("stage1-noisy", "stage1-filtered", "stage2"):
@@ -205,12 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
                                   [r["objects"][0] for r in test_records])
     _example_sheet(test_records[:8], {e["key"]: e["generated"] for e in ev.get("examples", [])},
                    os.path.join(out, "examples.png"))
-    ray.shutdown()
-    # the caller's environment as it was: a later ray.init or `ray job submit` must not find the dead cluster
-    if saved_address is None:
-        os.environ.pop("RAY_ADDRESS", None)
-    else:
-        os.environ["RAY_ADDRESS"] = saved_address
+    stop_ray(saved_address)
 
     results = {
         "retrieval_tr1": ev["retrieval_tr1"], "retrieval_ir1": ev["retrieval_ir1"],
