@@ -124,7 +124,9 @@ def fetch_rows(x: torch.Tensor, plan: RowPlan, dtype: torch.dtype | None = None)
     """
     dtype = dtype or x.dtype
     if world_size() == 1:
-        return x[plan.send_idx].to(dtype)
+        # index_select, not x[idx]: indexing's backward adds repeated rows' gradients with atomics on CPU, in an
+        # order that changes from run to run; index_select's backward (index_add_) adds them in index order.
+        return x.index_select(0, plan.send_idx).to(dtype)
     if not torch.is_grad_enabled() or not x.requires_grad:
         return _send_rows(x, plan, dtype)
     return _FetchRows.apply(x, plan, dtype)

@@ -8,7 +8,7 @@ import torch
 from demo.synthetic import SyntheticConfig, make_sample
 from demo.tiny_zoo import pretrain_llm, tiny_stage1, tiny_stage2
 from pipeline.images import to_pixel_values
-from pipeline.losses import stage1_losses, stage2_losses
+from pipeline.losses import itc_similarities, stage1_losses, stage2_losses
 from pipeline.models.finetune import recipe_model_config
 from pipeline.models.stage1 import Blip2Stage1
 from pipeline.models.stage2 import Blip2Stage2
@@ -31,9 +31,17 @@ def test_recipe_overfits_32_examples(tiny_zoo, recipe, tmp_path):
         m = Blip2Stage1(recipe_model_config(recipe, tiny_stage1(tiny_zoo, **WIDE),
                                             image_size=BIG)).train()
         t, g = m.tokenize(caps), torch.Generator().manual_seed(0)
-        first, last = _fit(m, lambda i: stage1_losses(m(x, **t, generator=g)), steps=900, lr=1e-3, cosine=False,
-                           decay_steps=250)
+        first, last = _fit(m, lambda i: stage1_losses(m(x, **t, generator=g)), steps=1200, lr=1e-3, cosine=False,
+                           decay_steps=400)
         keys = ("itc_loss", "itm_loss", "itg_loss")
+        # Label smoothing 0.1 puts ITC's floor at 0.651 for 32 classes, 18.8% of its start: the 80% bar needs the
+        # model within 0.04 of it. 900 steps ended at 0.756 with one caption retrieving the wrong image; 1200 end
+        # at 0.662. And every image retrieves its own caption, every caption its own image.
+        with torch.no_grad():
+            out = m(x, **t, generator=g)
+            sim_i2t, sim_t2i = itc_similarities(out["image_feats"], out["text_feat"], out["temp"])
+        assert torch.equal(sim_i2t.argmax(1), torch.arange(len(caps)))
+        assert torch.equal(sim_t2i.argmax(1), torch.arange(len(caps)))
     else:
         zoo = {**tiny_zoo, "opt": str(tmp_path / "opt")}
         pretrain_llm(tiny_zoo["opt"], caps, zoo["opt"], steps=400)  # caption text: the words, not the QA format
