@@ -1,12 +1,14 @@
 """CapFilt throughput: the Ray Data pipeline vs the same captioner and filter called in a plain loop.
 
     python bench/capfilt_throughput.py [--num-samples 800] [--image-size 512] [--num-captions 10]
+                                       [--captioner-actors 1] [--actor-cpus 0.5]
 
 Both sides read the same WebDataset shards of photo-like JPEGs, decode, validate and resize them, caption
 each image K times (tiny exported stage 2, nucleus sampling), rank web + synthetic captions with a tiny
 stage-1 ITC filter, keep the top 2 and write Parquet. The plain loop does it shard by shard in this process;
 the pipeline runs jobs/dataprep.py's code on a local Ray (read/validate/write tasks, one captioner and one
-filter actor). Prints images/s of each, their ratio and the machine's load average (the box may be shared).
+filter actor by default). Prints images/s of each, their ratio, how many cores the whole machine kept busy
+(Ray's daemons included) and CPU time per image, and the load average (the box may be shared).
 """
 
 from __future__ import annotations
@@ -46,6 +48,12 @@ def tiny_models(d: str) -> tuple[str, str]:
     return f"{d}/captioner", f"{d}/filter"
 
 
+def cpu_seconds() -> float:
+    """Busy CPU seconds of the whole machine so far (all processes: Ray's daemons and workers included)."""
+    user, nice, system, idle, iowait, irq, softirq = map(int, open("/proc/stat").readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 def plain_loop(cfg: DataprepConfig) -> int:
     """The same work, one shard after the other, each model called on batches of its batch_size."""
     cap, fil = Captioner(dict(cfg.capfilt.captioner)), CaptionFilter(dict(cfg.capfilt.filter))
@@ -67,42 +75,39 @@ def main() -> None:
     p.add_argument("--num-captions", type=int, default=10)
     p.add_argument("--max-length", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--captioner-actors", type=int, default=1)
+    p.add_argument("--actor-cpus", type=float, default=0.5, help="logical CPUs per actor (tasks take 1)")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
         photo_like_shards(f"{d}/raw", a.num_samples, a.image_size, per_shard=a.per_shard)
         cap, fil = tiny_models(d)
-        pool = {"batch_size": a.batch_size, "num_cpus": 0.5}  # 2 actors x 0.5 CPU leave 1 CPU to decode/write
+        pool = {"batch_size": a.batch_size, "num_cpus": a.actor_cpus}  # 2 actors x 0.5 CPU leave 1 to decode/write
         base = {"input": f"{d}/raw", "validate": {"min_size": 32, "resize_shorter_side": 256},
                 "capfilt": {"enabled": True,
                             "captioner": {"model": cap, "num_captions": a.num_captions, "max_length": a.max_length,
-                                          **pool},
+                                          "min_actors": a.captioner_actors, "max_actors": a.captioner_actors, **pool},
                             "filter": {"model": fil, "mode": "topk", "top_k": 2, **pool}}}
         load0 = os.getloadavg()
-        t0 = time.time()
+        t0, c0 = time.time(), cpu_seconds()
         n = plain_loop(merge(DataprepConfig, {**base, "output": f"{d}/plain"}))
-        plain = n / (time.time() - t0)
+        plain, plain_cores = n / (time.time() - t0), (cpu_seconds() - c0) / (time.time() - t0)
         print(f"cpus={os.cpu_count()} samples={n} source={a.image_size}px K={a.num_captions} "
               f"max_length={a.max_length} batch={a.batch_size} torch_threads={torch.get_num_threads()}")
-        print(f"plain loop (same captioner + filter): {plain:.1f} images/s  (load average before {load0[0]:.1f})",
+        print(f"plain loop (same captioner + filter): {plain:.1f} images/s, machine busy {plain_cores:.2f} cores "
+          f"({plain_cores / plain * 1000:.1f} core-ms per image; load average before {load0[0]:.1f})",
               flush=True)
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
         # start the worker processes and load the models' code once, as a long job would have
         run(merge(DataprepConfig, {**base, "output": f"{d}/warmup", "input": f"{d}/raw/00000.tar"}))
-        t0 = time.time()
+        t0, c0 = time.time(), cpu_seconds()
         s = run(merge(DataprepConfig, {**base, "output": f"{d}/ray"}))
-        piped = s["read"] / (time.time() - t0)
+        piped, piped_cores = s["read"] / (time.time() - t0), (cpu_seconds() - c0) / (time.time() - t0)
         ray.shutdown()
-        # steady state: from the first shard written to the last (the actors' start, ~imports of torch and
-        # transformers in fresh processes, is a one-off cost of a job that runs for hours)
-        marks = sorted(os.path.getmtime(os.path.join(d, "ray", "_progress", f))
-                       for f in os.listdir(os.path.join(d, "ray", "_progress")))
-        steady = (len(marks) - 1) * a.per_shard / max(marks[-1] - marks[0], 1e-9)
         load1 = os.getloadavg()
     print(f"load average (1 min) after {load1[0]:.1f}")
-    print(f"ray data pipeline, whole run (actor start included): {piped:.1f} images/s  ratio {piped / plain:.2f}x  "
+    print(f"ray data pipeline, whole run (actor start included): {piped:.1f} images/s  ratio {piped / plain:.2f}x, machine busy "
+          f"{piped_cores:.2f} cores ({piped_cores / piped * 1000:.1f} core-ms per image)  "
           f"(driver received {s['driver_received_bytes']} bytes, peak RSS {s['driver_peak_rss_mb']} MB)")
-    print(f"ray data pipeline, steady state (first to last shard written): {steady:.1f} images/s  "
-          f"ratio {steady / plain:.2f}x")
 
 
 if __name__ == "__main__":
