@@ -50,7 +50,7 @@ def tiny_models(d: str) -> tuple[str, str]:
 
 def cpu_seconds() -> float:
     """Busy CPU seconds of the whole machine so far (all processes: Ray's daemons and workers included)."""
-    user, nice, system, idle, iowait, irq, softirq = map(int, open("/proc/stat").readline().split()[1:8])
+    user, nice, system, _idle, _iowait, irq, softirq = map(int, open("/proc/stat").readline().split()[1:8])
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
@@ -81,7 +81,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         photo_like_shards(f"{d}/raw", a.num_samples, a.image_size, per_shard=a.per_shard)
         cap, fil = tiny_models(d)
-        pool = {"batch_size": a.batch_size, "num_cpus": a.actor_cpus}  # 2 actors x 0.5 CPU leave 1 to decode/write
+        pool = {"batch_size": a.batch_size, "num_cpus": a.actor_cpus}  # default: 2 x 0.5 leave 1 CPU for tasks
         base = {"input": f"{d}/raw", "validate": {"min_size": 32, "resize_shorter_side": 256},
                 "capfilt": {"enabled": True,
                             "captioner": {"model": cap, "num_captions": a.num_captions, "max_length": a.max_length,
@@ -90,23 +90,24 @@ def main() -> None:
         load0 = os.getloadavg()
         t0, c0 = time.time(), cpu_seconds()
         n = plain_loop(merge(DataprepConfig, {**base, "output": f"{d}/plain"}))
-        plain, plain_cores = n / (time.time() - t0), (cpu_seconds() - c0) / (time.time() - t0)
+        wall = time.time() - t0
+        plain, plain_cores = n / wall, (cpu_seconds() - c0) / wall
         print(f"cpus={os.cpu_count()} samples={n} source={a.image_size}px K={a.num_captions} "
               f"max_length={a.max_length} batch={a.batch_size} torch_threads={torch.get_num_threads()}")
         print(f"plain loop (same captioner + filter): {plain:.1f} images/s, machine busy {plain_cores:.2f} cores "
-          f"({plain_cores / plain * 1000:.1f} core-ms per image; load average before {load0[0]:.1f})",
-              flush=True)
+              f"({plain_cores / plain * 1000:.1f} core-ms per image; load average before {load0[0]:.1f})", flush=True)
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
         # start the worker processes and load the models' code once, as a long job would have
         run(merge(DataprepConfig, {**base, "output": f"{d}/warmup", "input": f"{d}/raw/00000.tar"}))
         t0, c0 = time.time(), cpu_seconds()
         s = run(merge(DataprepConfig, {**base, "output": f"{d}/ray"}))
-        piped, piped_cores = s["read"] / (time.time() - t0), (cpu_seconds() - c0) / (time.time() - t0)
+        wall = time.time() - t0
+        piped, piped_cores = s["read"] / wall, (cpu_seconds() - c0) / wall
         ray.shutdown()
         load1 = os.getloadavg()
     print(f"load average (1 min) after {load1[0]:.1f}")
-    print(f"ray data pipeline, whole run (actor start included): {piped:.1f} images/s  ratio {piped / plain:.2f}x, machine busy "
-          f"{piped_cores:.2f} cores ({piped_cores / piped * 1000:.1f} core-ms per image)  "
+    print(f"ray data pipeline, whole run (actor start included): {piped:.1f} images/s  ratio {piped / plain:.2f}x, "
+          f"machine busy {piped_cores:.2f} cores ({piped_cores / piped * 1000:.1f} core-ms per image)  "
           f"(driver received {s['driver_received_bytes']} bytes, peak RSS {s['driver_peak_rss_mb']} MB)")
 
 
