@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -41,6 +42,12 @@ def _images(df: pd.DataFrame) -> list[Image.Image]:
     return [Image.open(io.BytesIO(b)).convert("RGB") for b in df["jpg"]]
 
 
+def _projected(features) -> torch.Tensor:
+    """CLIP's projected embeddings, float32: transformers 5 returns them as the ``pooler_output`` of a model
+    output (earlier versions as a bare tensor)."""
+    return (features if isinstance(features, torch.Tensor) else features.pooler_output).float()
+
+
 def _ok(df: pd.DataFrame) -> np.ndarray:
     return np.flatnonzero((df["status"] == "ok").to_numpy())
 
@@ -66,12 +73,13 @@ class PerSampleNucleus:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.start is None:  # the prompt (or decoder start) length: token t of this call is input length - start
             self.start = input_ids.shape[1]
+            self.uniforms = self.uniforms.to(scores.device)  # once, not a host-to-device copy per token
         t = input_ids.shape[1] - self.start
         probs = torch.softmax(scores.float(), -1)
         p, order = probs.sort(dim=-1, descending=True, stable=True)
         p = p * ((p.cumsum(-1) - p) < self.top_p)  # the nucleus: tokens before which less than top_p mass lies
         cdf = p.cumsum(-1)
-        u = self.uniforms[:, t:t + 1].to(cdf.device) * cdf[:, -1:]
+        u = self.uniforms[:, t:t + 1] * cdf[:, -1:]
         pos = torch.searchsorted(cdf, u, right=True).clamp(max=p.shape[-1] - 1)
         pos = torch.minimum(pos, (p > 0).sum(-1, keepdim=True) - 1)  # rounding never leaves the nucleus
         token = order.gather(-1, pos)
@@ -88,6 +96,8 @@ class Captioner:
         self.processor = AutoProcessor.from_pretrained(path)
         self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=self.dtype).eval().to(self.device)
         self.decoder_only = not self.model.config.get_text_config().is_encoder_decoder
+        # BLIP's generate drops the prompt's closing [SEP] before decoding, so its output holds one prompt token less
+        self.prompt_trim = 1 if self.model.config.model_type == "blip" else 0
 
     def uniforms(self, keys: list[str]) -> torch.Tensor:
         """[len(keys) * K, max_length + 1] draws, in generate's order (image-major, K sequences per image)."""
@@ -96,30 +106,32 @@ class Captioner:
             c.seed, key, k))) for key in keys for k in range(c.num_captions)])
 
     def prepare(self, df: pd.DataFrame):
-        """CPU part (decode + preprocess), run a batch ahead of ``apply`` in a thread."""
+        """CPU part (decode + preprocess + the sampling draws), run ahead of ``apply`` in a thread."""
         ok = _ok(df)
         if not len(ok):
             return None
         sub = df.iloc[ok]
-        return self.processor(images=_images(sub), text=[self.cfg.prompt] * len(sub), return_tensors="pt")
+        inputs = self.processor(images=_images(sub), text=[self.cfg.prompt] * len(sub), return_tensors="pt")
+        return inputs, self.uniforms(list(sub["key"]))
 
     @torch.no_grad()
-    def apply(self, df: pd.DataFrame, inputs) -> pd.DataFrame:
+    def apply(self, df: pd.DataFrame, prepared) -> pd.DataFrame:
         from transformers import LogitsProcessorList
 
         c = self.cfg
         out = [[] for _ in range(len(df))]
         ok = _ok(df)
         if len(ok):
+            inputs, uniforms = prepared
             inputs = {k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)
                       for k, v in inputs.items()}
-            sampler = PerSampleNucleus(self.uniforms(list(df["key"].iloc[ok])), c.top_p)
+            sampler = PerSampleNucleus(uniforms, c.top_p)
             # top_p=1, top_k=0, temperature=1: generate's own warpers are off, sampling is PerSampleNucleus's
             gen = self.model.generate(**inputs, do_sample=True, top_p=1.0, top_k=0, temperature=1.0,
                                       max_new_tokens=c.max_length, num_return_sequences=c.num_captions,
                                       logits_processor=LogitsProcessorList([sampler]))
-            if self.decoder_only and "input_ids" in inputs:
-                gen = gen[:, inputs["input_ids"].shape[1]:]
+            if self.decoder_only and "input_ids" in inputs:  # the output repeats the prompt: keep new tokens only
+                gen = gen[:, inputs["input_ids"].shape[1] - self.prompt_trim:]
             texts = self.processor.batch_decode(gen, skip_special_tokens=True)
             prompt = c.prompt.strip().lower()
             for j, i in enumerate(ok):
@@ -192,8 +204,8 @@ class CaptionFilter:
                            use_itm_head=True).itm_score
             return torch.softmax(logits.float(), -1)[:, 1].cpu().numpy()
         if self.kind == "clip":
-            img = F.normalize(m.get_image_features(pixel_values=pix).float(), dim=-1)
-            txt = F.normalize(m.get_text_features(input_ids=t.input_ids, attention_mask=t.attention_mask).float(),
+            img = F.normalize(_projected(m.get_image_features(pixel_values=pix)), dim=-1)
+            txt = F.normalize(_projected(m.get_text_features(input_ids=t.input_ids, attention_mask=t.attention_mask)),
                               dim=-1)
             return (img[idx] * txt).sum(-1).cpu().numpy()
         if self.kind == "blip-2":  # ITC: max over the query cosines, as Blip2ForImageTextRetrieval computes it
@@ -251,24 +263,28 @@ STAGES = {"captioner": Captioner, "filter": CaptionFilter}
 
 class ShardStage:
     """Ray Data actor of a model stage: receives whole shards (dataprep/shard_rows.py) and runs the model on
-    ``batch_size`` images at a time, decoding and preprocessing the next batch in a thread while the model runs
-    on the current one (so a GPU does not wait for JPEG decoding)."""
+    ``batch_size`` images at a time while ``prepare_threads`` threads decode and preprocess the next batches (so
+    a GPU does not wait for JPEG decoding; PIL and the tokenizers release the GIL)."""
 
     def __init__(self, stage: str, cfg: dict):
         self.stage = STAGES[stage](cfg)
         self.batch_size = self.stage.cfg.batch_size
-        self.pool = ThreadPoolExecutor(1)
+        self.threads = self.stage.cfg.prepare_threads
+        if self.threads < 1:
+            raise ValueError(f"capfilt.{stage}.prepare_threads={self.threads}: expected at least 1")
+        self.pool = ThreadPoolExecutor(self.threads)
 
     def run(self, records: list[dict]) -> list[dict]:
         if not records:
             return records
         df = pd.DataFrame(records)
         chunks = [df.iloc[i:i + self.batch_size] for i in range(0, len(df), self.batch_size)]
-        out, ahead = [], self.pool.submit(self.stage.prepare, chunks[0])
+        ahead = deque(self.pool.submit(self.stage.prepare, c) for c in chunks[:self.threads])
+        out = []
         for i, chunk in enumerate(chunks):
-            prepared = ahead.result()
-            if i + 1 < len(chunks):
-                ahead = self.pool.submit(self.stage.prepare, chunks[i + 1])
+            prepared = ahead.popleft().result()
+            if i + self.threads < len(chunks):
+                ahead.append(self.pool.submit(self.stage.prepare, chunks[i + self.threads]))
             out.append(self.stage.apply(chunk, prepared))
         return pd.concat(out).to_dict("records")
 

@@ -77,9 +77,11 @@ def test_captions_depend_only_on_seed_key_and_model(capfilt_models, tmp_path):
     # another seed gives other captions: the seed is an input of the draw
     assert Captioner({**cfg, "seed": 1})(df)["synthetic_captions"].tolist() != whole
     # the actor wrapper: whole shard in, cut into batches with the next one prepared in a thread
-    for bs in (1, 5):
-        rows = ShardStage("captioner", {**cfg, "batch_size": bs}).run(df.to_dict("records"))
+    for bs, threads in ((1, 1), (5, 1), (2, 3)):  # 3 threads: batches prepared out of order, applied in order
+        rows = ShardStage("captioner", {**cfg, "batch_size": bs, "prepare_threads": threads}).run(df.to_dict("records"))
         assert [r["synthetic_captions"] for r in rows] == whole
+    with pytest.raises(ValueError, match="prepare_threads=0"):
+        ShardStage("captioner", {**cfg, "prepare_threads": 0})
 
 
 def _job(raw, out, models, **over) -> list[str]:
