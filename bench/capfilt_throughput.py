@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
 
-from bench.dataprep_throughput import photo_like_shards  # noqa: E402
+from bench.photo_like import photo_like_shards  # noqa: E402
 from dataprep.capfilt import Captioner, CaptionFilter  # noqa: E402
 from dataprep.config import DataprepConfig  # noqa: E402
 from dataprep.run import run  # noqa: E402

@@ -10,10 +10,8 @@ Prints images/s of each and their ratio (with models: bench/capfilt_throughput.p
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
-import tarfile
 import tempfile
 import time
 
@@ -21,37 +19,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import ray  # noqa: E402
 
+from bench.photo_like import photo_like_shards  # noqa: E402
 from dataprep.config import DataprepConfig  # noqa: E402
 from dataprep.run import run  # noqa: E402
 from dataprep.sink import write_shard  # noqa: E402
 from dataprep.sources import list_shards, read_shard, shard_name  # noqa: E402
 from dataprep.validate import validate  # noqa: E402
-from demo.synthetic import SyntheticConfig  # noqa: E402
 from pipeline.config import merge  # noqa: E402
-
-
-def photo_like_shards(out: str, n: int, size: int, per_shard: int = 100) -> None:
-    """Synthetic scenes + per-pixel noise, JPEG q90: entropy (and decode cost) like a real web photo."""
-    import numpy as np
-    from PIL import Image
-
-    from demo.synthetic import make_sample
-
-    rng = np.random.default_rng(0)
-    cfg = SyntheticConfig(image_size=size)
-    os.makedirs(out, exist_ok=True)
-    for shard in range(0, n, per_shard):
-        with tarfile.open(f"{out}/{shard // per_shard:05d}.tar", "w") as tar:
-            for i in range(shard, min(n, shard + per_shard)):
-                s = make_sample(cfg, "train", i)
-                img = np.asarray(Image.open(io.BytesIO(s["jpg"])), dtype=np.int16)
-                img = np.clip(img + rng.integers(-40, 40, img.shape), 0, 255).astype(np.uint8)
-                buf = io.BytesIO()
-                Image.fromarray(img).resize((size * 4 // 3, size)).save(buf, format="JPEG", quality=90)
-                for ext, data in (("jpg", buf.getvalue()), ("txt", s["txt"].encode())):
-                    info = tarfile.TarInfo(f"{s['key']}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
 
 
 def plain_loop(cfg) -> int:
