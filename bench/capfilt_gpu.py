@@ -121,6 +121,25 @@ def measure(stage: ShardStage, clock: dict, records: list[dict], batch: int, thr
             if torch.cuda.is_available() else None, "wall_s": round(wall, 1)}, out
 
 
+def prepare_rate(stage: ShardStage, records: list[dict], batch: int, threads: int) -> dict:
+    """Images/s that ``threads`` threads of the stage's CPU part (decode, preprocess, tokenize, draws) supply:
+    the most a GPU actor with that many prepare threads can consume."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pandas as pd
+
+    df = pd.DataFrame(records)
+    chunks = [df.iloc[i:i + batch] for i in range(0, len(df), batch)]
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(stage.stage.prepare, chunks[:threads]))  # warm-up
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        list(pool.map(stage.stage.prepare, chunks))
+        wall = time.perf_counter() - t0
+    return {"images": len(df), "prepare_images_per_s": round(len(df) / wall, 1),
+            "cpu_cores_busy": round((time.process_time() - cpu0) / wall, 2),
+            "cpu_ms_per_image": round((time.process_time() - cpu0) / len(df) * 1000, 2)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", default="paper", choices=["paper", "tiny"])
@@ -132,6 +151,8 @@ def main() -> None:
     p.add_argument("--runs", nargs="+", default=DEFAULT_RUNS, help="stage:batch:prepare_threads")
     p.add_argument("--torch-threads", type=int, default=2,
                    help="intra-op threads, as Ray gives an actor of num_cpus=2 (OMP_NUM_THREADS)")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="time only the stages' CPU part (no model calls): what prepare threads can feed a GPU")
     p.add_argument("--json", default=None, help="append one JSON line per run")
     a = p.parse_args()
     torch.set_num_threads(a.torch_threads)
@@ -154,8 +175,16 @@ def main() -> None:
     print(f"device {gpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"transformers {__import__('transformers').__version__}, K={a.num_captions}, max_length={a.max_length}")
     captioned = None
+    if a.prepare_only:  # the filter ranks stand-in captions: other samples' web captions
+        captioned = [{**r, "synthetic_captions": [records[(i + k) % len(records)]["web_caption"]
+                                                  for k in range(1, a.num_captions + 1)]} for i, r in enumerate(records)]
     for run in a.runs:
         name, batch, threads = run.split(":")
+        if a.prepare_only:
+            res = prepare_rate(stages[name], records if name == "captioner" else captioned, int(batch), int(threads))
+            print(json.dumps({"device": "cpu", "stage": name, "batch": int(batch), "prepare_threads": int(threads),
+                              "torch_threads": a.torch_threads, **res}), flush=True)
+            continue
         if name == "filter" and captioned is None:
             raise SystemExit("list a captioner run before the filter runs: the filter ranks its captions")
         data = records[:a.images] if name == "captioner" else captioned

@@ -1,7 +1,7 @@
 """CapFilt throughput: the Ray Data pipeline vs the same captioner and filter called in a plain loop.
 
     python bench/capfilt_throughput.py [--num-samples 800] [--image-size 512] [--num-captions 10]
-                                       [--captioner-actors 1] [--actor-cpus 0.5]
+                                       [--captioner-actors 1] [--actor-cpus 0.5] [--prepare-threads 1]
 
 Both sides read the same WebDataset shards of photo-like JPEGs, decode, validate and resize them, caption
 each image K times (tiny exported stage 2, nucleus sampling), rank web + synthetic captions with a tiny
@@ -77,11 +77,12 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--captioner-actors", type=int, default=1)
     p.add_argument("--actor-cpus", type=float, default=0.5, help="logical CPUs per actor (tasks take 1)")
+    p.add_argument("--prepare-threads", type=int, default=1, help="decode/preprocess threads per model actor")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as d:
         photo_like_shards(f"{d}/raw", a.num_samples, a.image_size, per_shard=a.per_shard)
         cap, fil = tiny_models(d)
-        pool = {"batch_size": a.batch_size, "num_cpus": a.actor_cpus}  # default: 2 x 0.5 leave 1 CPU for tasks
+        pool = {"batch_size": a.batch_size, "num_cpus": a.actor_cpus, "prepare_threads": a.prepare_threads}  # default: 2 x 0.5 leave 1 CPU for tasks
         base = {"input": f"{d}/raw", "validate": {"min_size": 32, "resize_shorter_side": 256},
                 "capfilt": {"enabled": True,
                             "captioner": {"model": cap, "num_captions": a.num_captions, "max_length": a.max_length,
