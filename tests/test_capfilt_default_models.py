@@ -69,3 +69,40 @@ def test_clip_filter_scores_are_clip_cosines_and_keeps_the_top_two(models, recor
         top = sorted(range(4), key=lambda k: -ref[k])[:2]
         assert out.loc[i, "kept_captions"] == [cands[k] for k in top]
         assert out.loc[i, "web_caption_kept"] == (0 in top)
+
+
+@pytest.mark.slow
+def test_paper_config_runs_as_a_job_with_the_default_model_classes(models, tmp_path):
+    """configs/dataprep.yaml as it is (K=10, top-p 0.9, the BLIP prompt, CLIP top 2, prepare threads), with
+    only the model paths, widths and resources scaled down: every kept record ranks web + 10 captions, keeps
+    the top 2 of them, and the accounting identity holds."""
+    import json
+    import os
+    import sys
+
+    import pyarrow.parquet as pq
+
+    from demo.synthetic import SyntheticConfig, generate
+    from tests.procs import child_env, run_ok
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    raw, out = str(tmp_path / "raw"), str(tmp_path / "out")
+    generate(SyntheticConfig(num_samples=24, samples_per_shard=12, image_size=64), raw)
+    over = {"input": raw, "output": out, "ray_address": "local", "validate.min_size": 32,
+            "validate.resize_shorter_side": 64, "capfilt.captioner.model": models[0], "capfilt.filter.model": models[1],
+            "capfilt.captioner.max_length": 8, "capfilt.captioner.batch_size": 5, "capfilt.filter.batch_size": 7}
+    for stage in ("captioner", "filter"):
+        over.update({f"capfilt.{stage}.num_gpus": 0, f"capfilt.{stage}.num_cpus": 0.5,
+                     f"capfilt.{stage}.max_actors": 1})
+    env = child_env(PYTHONPATH=root)
+    run_ok([sys.executable, os.path.join(root, "jobs", "dataprep.py"), "--config",
+            os.path.join(root, "configs", "dataprep.yaml")] + [f"{k}={v}" for k, v in over.items()], env=env, cwd=root)
+    s = json.load(open(os.path.join(out, "_summary.json")))
+    assert s["read"] == s["kept"] + s["filtered"] + s["rejected"] == 24 and s["kept"] == 24
+    rows = [r for f in sorted(os.listdir(f"{out}/data")) for r in pq.read_table(f"{out}/data/{f}").to_pylist()]
+    assert len(rows) == 24 and sum(len(r["synthetic_captions"]) for r in rows) >= 200  # of 240 sampled
+    for r in rows:
+        cands = [r["web_caption"], *r["synthetic_captions"]]
+        assert 1 <= len(r["synthetic_captions"]) <= 10 and len(r["candidate_scores"]) == len(cands)
+        top = sorted(range(len(cands)), key=lambda k: -r["candidate_scores"][k])[:2]
+        assert r["kept_captions"] == [cands[k] for k in top] and r["web_caption_kept"] == (0 in top)
