@@ -44,7 +44,9 @@ class PoolConfig:
     num_gpus: float = 0.0  # per actor; fractions pack several actors (e.g. a captioner and a filter) on one GPU
     num_cpus: float = 1.0  # per actor; leave CPUs for decoding (on a 2-core box, 0.5)
     batch_size: int = 16  # images per model call; an actor receives whole shards and cuts them into these
-    prepare_threads: int = 1  # threads decoding + preprocessing upcoming batches while the model runs (GPU: ~4-8)
+    # threads decoding + preprocessing the next batches while the model runs; each holds one preprocessed batch
+    # (384-px float32: 1.8 MB per image). Size from bench/capfilt_gpu.py: threads x images/s per thread > GPU rate
+    prepare_threads: int = 1
     max_tasks_in_flight_per_actor: int = 2  # shards queued at an actor: the next one is on hand, memory stays bounded
     dtype: str = "float32"  # float32 | float16 | bfloat16, on GPU only (CPU always runs float32)
 
