@@ -11,7 +11,8 @@ on validated 384-px photo-like JPEGs; the filter ranks the captioner's real outp
 
 Per run it prints: images/s; GPU busy = NVML's utilization (share of time a kernel was running) sampled every
 50 ms over the timed window; model share = wall time inside the model calls (``apply``) / wall time, the rest
-being waits for decoding; time in decoding + preprocessing per image (``prepare``, summed over threads);
+being waits for decoding; thread time in decoding + preprocessing per image (``prepare``, summed over
+threads);
 the process's CPU cores busy; and peak GPU memory.
 """
 
@@ -47,7 +48,11 @@ def record(i: int) -> dict:
 
 
 class BusySampler:
-    """Mean NVML GPU utilization between start() and stop(), polled every 50 ms (None without NVML)."""
+    """Mean NVML GPU utilization between start() and stop(), polled every 50 ms (None without NVML). NVML's
+    figure covers its last sample period (up to 1 s), so polls from the first second, which would count the
+    warm-up before start(), are left out."""
+
+    SKIP_S = 1.0
 
     def __init__(self):
         try:
@@ -55,8 +60,10 @@ class BusySampler:
 
             pynvml.nvmlInit()
             self.nvml, self.handle = pynvml, pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
-        except Exception:  # no GPU or no NVML: busy is not measured
+        except Exception as e:  # no GPU or no NVML: busy is not measured
             self.nvml = None
+            if torch.cuda.is_available():
+                print(f"warning: NVML unavailable ({e!r}): GPU busy will not be measured", flush=True)
 
     def start(self):
         self.samples, self.stopped = [], threading.Event()
@@ -65,8 +72,10 @@ class BusySampler:
             self.thread.start()
 
     def _poll(self):
+        t0 = time.perf_counter()
         while not self.stopped.wait(0.05):
-            self.samples.append(self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu)
+            if time.perf_counter() - t0 >= self.SKIP_S:
+                self.samples.append(self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu)
 
     def stop(self) -> float | None:
         self.stopped.set()
@@ -116,7 +125,7 @@ def measure(stage: ShardStage, clock: dict, records: list[dict], batch: int, thr
     busy = sampler.stop()
     n = len(records)
     return {"images": n, "images_per_s": round(n / wall, 1), "gpu_busy": None if busy is None else round(busy, 3),
-            "model_share": round(clock["apply"] / wall, 3), "prepare_cpu_ms_per_image": round(
+            "model_share": round(clock["apply"] / wall, 3), "prepare_thread_ms_per_image": round(
                 clock["prepare"] / n * 1000, 2), "cpu_cores_busy": round(cores, 2), "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1)
             if torch.cuda.is_available() else None, "wall_s": round(wall, 1)}, out
 
@@ -193,7 +202,8 @@ def main() -> None:
         except torch.OutOfMemoryError as e:  # record it and go on with the next run
             sampler.stop()
             res, out = {"error": f"out of memory: {str(e).splitlines()[0]}"}, None
-            torch.cuda.empty_cache()
+        if out is None:
+            torch.cuda.empty_cache()  # after the except block, which held the failed call's tensors
         if captioned is None and out is not None:  # the filter's input: all 2x images, captioned
             captioned = out + stages[name].run(records[a.images:])
         res = {"device": gpu, "stage": name, "batch": int(batch), "prepare_threads": int(threads), "size": a.size,

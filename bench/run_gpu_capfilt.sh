@@ -13,5 +13,7 @@ fi
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+  python3 -c "import pynvml; pynvml.nvmlInit(); print('NVML', pynvml.nvmlSystemGetDriverVersion())" \
+    || echo "NVML unavailable: GPU busy will not be measured"
   timeout 500 python3 bench/capfilt_gpu.py --json "$OUT/capfilt_gpu.jsonl"
 } 2>&1 | grep -v "Loading weights\|Writing model" | tee "$OUT/capfilt_gpu_log.txt"

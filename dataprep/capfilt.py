@@ -98,6 +98,7 @@ class Captioner:
         self.decoder_only = not self.model.config.get_text_config().is_encoder_decoder
         # BLIP's generate drops the prompt's closing [SEP] before decoding, so its output holds one prompt token less
         self.prompt_trim = 1 if self.model.config.model_type == "blip" else 0
+        self.processor(images=[Image.new("RGB", (64, 64))], text=[self.cfg.prompt], return_tensors="pt")  # _WARM_UP
 
     def uniforms(self, keys: list[str]) -> torch.Tensor:
         """[len(keys) * K, max_length + 1] draws, in generate's order (image-major, K sequences per image)."""
@@ -169,6 +170,12 @@ class CaptionFilter:
         if self.cfg.mode == "itm" and self.kind == "clip":
             raise ValueError("capfilt.filter.mode=itm needs an ITM head (BLIP/BLIP-2 retrieval), not CLIP")
         self.model = cls.from_pretrained(path, dtype=self.dtype).eval().to(self.device)
+        self.tokenize(["warm-up"])  # _WARM_UP
+
+    def tokenize(self, texts: list[str]):
+        # padded to a fixed length: a caption's score must not depend on its batch neighbours
+        tok = getattr(self.processor, "tokenizer", self.processor)
+        return tok(texts, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
 
     @staticmethod
     def candidates(df: pd.DataFrame) -> list[list[str]]:
@@ -182,10 +189,8 @@ class CaptionFilter:
             return None
         cands = self.candidates(df)
         image_processor = getattr(self.processor, "image_processor", self.processor)
-        tok = getattr(self.processor, "tokenizer", self.processor)
         pix = image_processor(images=_images(df.iloc[ok]), return_tensors="pt")["pixel_values"]
-        texts = tok([t for i in ok for t in cands[i]], padding="max_length", truncation=True, max_length=35,
-                    return_tensors="pt")
+        texts = self.tokenize([t for i in ok for t in cands[i]])
         return pix, texts, [j for j, i in enumerate(ok) for _ in cands[i]]
 
     @torch.no_grad()
@@ -259,6 +264,9 @@ class CaptionFilter:
 
 
 STAGES = {"captioner": Captioner, "filter": CaptionFilter}
+# _WARM_UP: a fast tokenizer's first call with new padding/truncation settings writes them into the Rust
+# tokenizer, which can fail ("Already borrowed", tokenizers#537) while another prepare thread is encoding; each
+# stage makes that first call in its constructor, before any prepare thread starts.
 
 
 class ShardStage:

@@ -20,7 +20,7 @@ def test_capfilt_gpu_bench_reports_every_run(tmp_path):
     assert (cap["stage"], cap["batch"], cap["prepare_threads"], cap["images"]) == ("captioner", 4, 2, 12)
     assert (fil["stage"], fil["batch"], fil["prepare_threads"], fil["images"]) == ("filter", 5, 3, 24)
     for r in (cap, fil):
-        assert r["images_per_s"] > 0 and 0 < r["model_share"] <= 1 and r["prepare_cpu_ms_per_image"] > 0
+        assert r["images_per_s"] > 0 and 0 < r["model_share"] <= 1 and r["prepare_thread_ms_per_image"] > 0
         if not torch.cuda.is_available():  # no GPU: busy is reported as unknown, not made up
             assert r["gpu_busy"] is None and r["device"] == "cpu"
     r = run_ok(cmd[:-2] + ["--prepare-only"], env=child_env(), cwd=ROOT)
