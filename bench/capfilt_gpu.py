@@ -12,8 +12,7 @@ on validated 384-px photo-like JPEGs; the filter ranks the captioner's real outp
 Per run it prints: images/s; GPU busy = NVML's utilization (share of time a kernel was running) sampled every
 50 ms over the timed window; model share = wall time inside the model calls (``apply``) / wall time, the rest
 being waits for decoding; thread time in decoding + preprocessing per image (``prepare``, summed over
-threads);
-the process's CPU cores busy; and peak GPU memory.
+threads); the process's CPU cores busy; and peak GPU memory.
 """
 
 from __future__ import annotations
@@ -84,7 +83,7 @@ class BusySampler:
         return sum(self.samples) / len(self.samples) / 100 if self.samples else None
 
 
-def timed(stage: ShardStage, name: str) -> dict:
+def timed(stage: ShardStage) -> dict:
     """Wrap the stage's prepare/apply to add up their seconds."""
     clock = {"prepare": 0.0, "apply": 0.0}
     lock = threading.Lock()
@@ -112,8 +111,10 @@ def measure(stage: ShardStage, clock: dict, records: list[dict], batch: int, thr
     stage.pool.shutdown()
     stage.pool = ThreadPoolExecutor(threads)
     stage.run(records[:batch])  # warm-up: kernels and allocator at this batch shape
-    torch.cuda.synchronize() if torch.cuda.is_available() else None
-    torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     clock.update(prepare=0.0, apply=0.0)
     out = []
     sampler.start()
@@ -125,9 +126,10 @@ def measure(stage: ShardStage, clock: dict, records: list[dict], batch: int, thr
     busy = sampler.stop()
     n = len(records)
     return {"images": n, "images_per_s": round(n / wall, 1), "gpu_busy": None if busy is None else round(busy, 3),
-            "model_share": round(clock["apply"] / wall, 3), "prepare_thread_ms_per_image": round(
-                clock["prepare"] / n * 1000, 2), "cpu_cores_busy": round(cores, 2), "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1)
-            if torch.cuda.is_available() else None, "wall_s": round(wall, 1)}, out
+            "model_share": round(clock["apply"] / wall, 3),
+            "prepare_thread_ms_per_image": round(clock["prepare"] / n * 1000, 2), "cpu_cores_busy": round(cores, 2),
+            "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if cuda else None,
+            "wall_s": round(wall, 1)}, out
 
 
 def prepare_rate(stage: ShardStage, records: list[dict], batch: int, threads: int) -> dict:
@@ -178,7 +180,7 @@ def main() -> None:
         stages = {"captioner": ShardStage("captioner", {"model": cap, "num_captions": a.num_captions, "top_p": 0.9,
                                                         "max_length": a.max_length, "prompt": "a picture of ", **on_gpu}),
                   "filter": ShardStage("filter", {"model": fil, "mode": "topk", "top_k": 2, **on_gpu})}
-    clocks = {k: timed(s, k) for k, s in stages.items()}
+    clocks = {k: timed(s) for k, s in stages.items()}
     sampler = BusySampler()
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(f"device {gpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, "

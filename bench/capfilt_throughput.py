@@ -82,7 +82,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         photo_like_shards(f"{d}/raw", a.num_samples, a.image_size, per_shard=a.per_shard)
         cap, fil = tiny_models(d)
-        pool = {"batch_size": a.batch_size, "num_cpus": a.actor_cpus, "prepare_threads": a.prepare_threads}  # default: 2 x 0.5 leave 1 CPU for tasks
+        # by default 2 actors x 0.5 CPU leave 1 CPU for the read/validate/write tasks
+        pool = {"batch_size": a.batch_size, "num_cpus": a.actor_cpus, "prepare_threads": a.prepare_threads}
         base = {"input": f"{d}/raw", "validate": {"min_size": 32, "resize_shorter_side": 256},
                 "capfilt": {"enabled": True,
                             "captioner": {"model": cap, "num_captions": a.num_captions, "max_length": a.max_length,

@@ -3,9 +3,12 @@
 like openai/clip-vit-large-patch14), built at toy width with local tokenizers and loaded through AutoProcessor
 and from_pretrained as the hub checkpoints are."""
 
+import io
+
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from dataprep.capfilt import Captioner, CaptionFilter, ShardStage
 
@@ -59,8 +62,7 @@ def test_clip_filter_scores_are_clip_cosines_and_keeps_the_top_two(models, recor
     # the reference: CLIPModel's own logits, logit_scale.exp() x cosine, image by image
     for i in (0, 7):
         cands = [df.loc[i, "web_caption"], *df.loc[i, "synthetic_captions"]]
-        pix = f.processor(images=[__import__("PIL").Image.open(__import__("io").BytesIO(df.loc[i, "jpg"]))],
-                          return_tensors="pt").pixel_values
+        pix = f.processor(images=[Image.open(io.BytesIO(df.loc[i, "jpg"]))], return_tensors="pt").pixel_values
         t = f.processor.tokenizer(cands, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
         with torch.no_grad():
             ref = f.model(pixel_values=pix, input_ids=t.input_ids, attention_mask=t.attention_mask).logits_per_image[0]
