@@ -7,6 +7,10 @@ export DS_BUILD_OPS := 0
 export TOKENIZERS_PARALLELISM := false
 export HF_HUB_OFFLINE := 1
 export RAY_ENABLE_UV_RUN_RUNTIME_ENV := 0
+# The venv's bin first for every child (Ray's daemons, workers and jobs included): DeepSpeed JIT-builds its
+# CPU shm op with whichever `ninja` PATH finds, and two ninja versions (the venv's, the system's) each
+# treat the other's build log as stale and rebuild it (~55 CPU-seconds a time).
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 PYTEST_ARGS ?=
 
 .PHONY: demo test test-fast lint venv clean
