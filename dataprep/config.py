@@ -88,5 +88,6 @@ class DataprepConfig:
     sink: SinkConfig = field(default_factory=SinkConfig)
     capfilt: CapFiltConfig = field(default_factory=CapFiltConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
-    ray_address: str | None = None  # None: connect to RAY_ADDRESS or start a local Ray
+    # None: connect to RAY_ADDRESS or start a local Ray; "local": a private Ray without a dashboard
+    ray_address: str | None = None
     progress_interval_s: float = 10.0

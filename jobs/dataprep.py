@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(DataprepConfig, argv, description=__doc__.splitlines()[0])
     storage.set_default(cfg.storage)  # exports the endpoint to the Ray workers too (never credentials)
     env = {"env_vars": {k: v for k, v in os.environ.items() if k in ("AWS_ENDPOINT_URL", "PYTHONPATH")}}
-    ray.init(address=cfg.ray_address, ignore_reinit_error=True, runtime_env=env, log_to_driver=False)
+    ray.init(address=cfg.ray_address, ignore_reinit_error=True, runtime_env=env, log_to_driver=False,
+             include_dashboard=False if cfg.ray_address == "local" else None)
     return run(cfg)
 
 

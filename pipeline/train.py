@@ -321,7 +321,8 @@ def fit(cfg, stage: str | Stage) -> dict:
                                                        "TOKENIZERS_PARALLELISM", "HF_HUB_OFFLINE")}
     env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = "0"  # else Ray Train tees worker prints to stderr: every line twice
     if not ray.is_initialized():
-        ray.init(address=t.ray_address, runtime_env={"env_vars": env}, log_to_driver=True)
+        ray.init(address=t.ray_address, runtime_env={"env_vars": env}, log_to_driver=True,
+                 include_dashboard=False if t.ray_address == "local" else None)
     _pin_ray_data_actors_here()
     use_gpu = t.gpus_per_worker > 0
     resources = {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
